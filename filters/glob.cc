@@ -1,0 +1,363 @@
+#include "filters/glob.h"
+
+#include "common/status.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace broker::filters {
+namespace {
+
+constexpr size_t kMaxBraceExpansions = 4096;
+
+RE2::Options SegmentOptions() {
+  RE2::Options options;
+  options.set_encoding(RE2::Options::EncodingLatin1);
+  options.set_log_errors(false);
+  return options;
+}
+
+// Index of the "}" closing the "{" at `open`, honouring nesting and "\"
+// escapes; npos when unbalanced.
+size_t FindClosingBrace(absl::string_view s, size_t open) {
+  int depth = 0;
+  for (size_t i = open; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '{') {
+      ++depth;
+    } else if (s[i] == '}') {
+      if (--depth == 0) return i;
+    }
+  }
+  return absl::string_view::npos;
+}
+
+// Splits the body of a brace set on top-level commas.
+std::vector<std::string> SplitTopLevelCommas(absl::string_view body) {
+  std::vector<std::string> parts;
+  std::string current;
+  int depth = 0;
+  for (size_t i = 0; i < body.size(); ++i) {
+    char c = body[i];
+    if (c == '\\' && i + 1 < body.size()) {
+      current.push_back(c);
+      current.push_back(body[++i]);
+      continue;
+    }
+    if (c == '{') ++depth;
+    if (c == '}') --depth;
+    if (c == ',' && depth == 0) {
+      parts.push_back(std::move(current));
+      current.clear();
+      continue;
+    }
+    current.push_back(c);
+  }
+  parts.push_back(std::move(current));
+  return parts;
+}
+
+// "{1..3}", "{a..c}", "{1..10..2}" as brace-expansion understands them.
+bool ExpandSequence(absl::string_view body, std::vector<std::string>* out) {
+  std::vector<absl::string_view> ends = absl::StrSplit(body, "..");
+  if (ends.size() != 2 && ends.size() != 3) return false;
+  int64_t step = 1;
+  if (ends.size() == 3 && !absl::SimpleAtoi(ends[2], &step)) return false;
+  if (step == 0) step = 1;
+  if (step < 0) step = -step;
+  int64_t from = 0;
+  int64_t to = 0;
+  bool alpha = false;
+  if (absl::SimpleAtoi(ends[0], &from) && absl::SimpleAtoi(ends[1], &to)) {
+  } else if (ends[0].size() == 1 && ends[1].size() == 1 &&
+             absl::ascii_isalpha(static_cast<unsigned char>(ends[0][0])) &&
+             absl::ascii_isalpha(static_cast<unsigned char>(ends[1][0]))) {
+    alpha = true;
+    from = ends[0][0];
+    to = ends[1][0];
+  } else {
+    return false;
+  }
+  int64_t direction = from <= to ? 1 : -1;
+  for (int64_t v = from; direction > 0 ? v <= to : v >= to;
+       v += direction * step) {
+    if (out->size() >= kMaxBraceExpansions) return false;
+    out->push_back(alpha ? std::string(1, static_cast<char>(v))
+                         : std::to_string(v));
+  }
+  return true;
+}
+
+// Brace expansion, as the brace-expansion package does for minimatch.
+absl::Status BraceExpand(const std::string& pattern,
+                         std::vector<std::string>* out) {
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '\\') {
+      ++i;
+      continue;
+    }
+    if (pattern[i] != '{') continue;
+    if (i > 0 && pattern[i - 1] == '$') continue;  // "${...}" is not a set
+    size_t close = FindClosingBrace(pattern, i);
+    if (close == std::string::npos) continue;
+    absl::string_view body =
+        absl::string_view(pattern).substr(i + 1, close - i - 1);
+    std::vector<std::string> options;
+    std::vector<std::string> commas = SplitTopLevelCommas(body);
+    if (commas.size() > 1) {
+      options = std::move(commas);
+    } else if (!ExpandSequence(body, &options)) {
+      continue;  // "{x}" is literal; look for a later set
+    }
+    std::string pre = pattern.substr(0, i);
+    std::string post = pattern.substr(close + 1);
+    for (const std::string& option : options) {
+      std::vector<std::string> expanded;
+      BROKER_RETURN_IF_ERROR(BraceExpand(pre + option + post, &expanded));
+      for (std::string& e : expanded) {
+        if (out->size() >= kMaxBraceExpansions) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "glob \"", pattern, "\": too many brace expansions"));
+        }
+        out->push_back(std::move(e));
+      }
+    }
+    return absl::OkStatus();
+  }
+  out->push_back(pattern);
+  return absl::OkStatus();
+}
+
+// Appends `c` to a regex as a literal.
+void AppendLiteral(char c, std::string* re) {
+  if (absl::ascii_isalnum(static_cast<unsigned char>(c))) {
+    re->push_back(c);
+  } else {
+    absl::StrAppend(re, "\\x",
+                    absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+  }
+}
+
+// Translates a "[...]" class starting at `open`. Returns the characters
+// consumed, or 0 when it is not a valid class (then "[" is literal).
+size_t TranslateClass(absl::string_view s, size_t open, std::string* re) {
+  size_t i = open + 1;
+  std::string body;
+  if (i < s.size() && (s[i] == '!' || s[i] == '^')) {
+    body.push_back('^');
+    ++i;
+  }
+  size_t first = i;
+  for (; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == ']' && i > first) break;
+    if (c == '\\' && i + 1 < s.size()) {
+      AppendLiteral(s[++i], &body);
+      continue;
+    }
+    if (c == '-' && i > first && i + 1 < s.size() && s[i + 1] != ']') {
+      body.push_back('-');
+      continue;
+    }
+    AppendLiteral(c, &body);
+  }
+  if (i >= s.size() || body.empty() || body == "^") return 0;
+  std::string candidate = absl::StrCat("[", body, "]");
+  RE2 check(candidate, SegmentOptions());
+  if (!check.ok()) return 0;
+  re->append(candidate);
+  return i + 1 - open;
+}
+
+// One "/"-free piece of the pattern (minimatch's parse()).
+absl::StatusOr<Glob::Part> ParseSegment(absl::string_view segment) {
+  Glob::Part part;
+  if (segment == "**") {
+    part.globstar = true;
+    return part;
+  }
+  std::string re;
+  std::string literal;
+  bool has_magic = false;
+  bool starts_with_wildcard = false;
+  for (size_t i = 0; i < segment.size(); ++i) {
+    char c = segment[i];
+    bool at_start = re.empty();
+    if (c == '\\') {
+      char lit = i + 1 < segment.size() ? segment[++i] : '\\';
+      AppendLiteral(lit, &re);
+      literal.push_back(lit);
+      continue;
+    }
+    if ((c == '+' || c == '@' || c == '!' || c == '?' || c == '*') &&
+        i + 1 < segment.size() && segment[i + 1] == '(') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "glob segment \"", segment, "\": extended globs such as ",
+          std::string(1, c), "(...) are not supported"));
+    }
+    if (c == '*') {
+      has_magic = true;
+      starts_with_wildcard |= at_start;
+      while (i + 1 < segment.size() && segment[i + 1] == '*') ++i;
+      re += "[^/]*";
+      continue;
+    }
+    if (c == '?') {
+      has_magic = true;
+      starts_with_wildcard |= at_start;
+      re += "[^/]";
+      continue;
+    }
+    if (c == '[') {
+      size_t used = TranslateClass(segment, i, &re);
+      if (used > 0) {
+        has_magic = true;
+        starts_with_wildcard |= at_start;
+        i += used - 1;
+        continue;
+      }
+    }
+    AppendLiteral(c, &re);
+    literal.push_back(c);
+  }
+  if (!has_magic) {
+    part.literal = std::move(literal);
+    return part;
+  }
+  part.non_empty = true;
+  part.no_dot_segment = starts_with_wildcard;
+  auto regex = std::make_shared<RE2>(re, SegmentOptions());
+  if (!regex->ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("glob segment \"", segment, "\": ", regex->error()));
+  }
+  part.regex = std::move(regex);
+  return part;
+}
+
+bool IsDotSegment(absl::string_view s) { return s == "." || s == ".."; }
+
+bool PartMatches(const Glob::Part& part, absl::string_view segment) {
+  if (!part.regex) return segment == part.literal;
+  if (part.non_empty && segment.empty()) return false;
+  if (part.no_dot_segment && IsDotSegment(segment)) return false;
+  return RE2::FullMatch(re2::StringPiece(segment.data(), segment.size()),
+                        *part.regex);
+}
+
+}  // namespace
+
+bool Glob::HasMagic(absl::string_view pattern) {
+  return pattern.find_first_of("*?[{!") != absl::string_view::npos;
+}
+
+absl::StatusOr<Glob> Glob::Compile(absl::string_view raw) {
+  Glob glob;
+  glob.pattern_ = std::string(raw);
+  if (!raw.empty() && raw[0] == '#') {
+    glob.never_ = true;
+    return glob;
+  }
+  std::string pattern(absl::StripAsciiWhitespace(raw));
+  if (!pattern.empty() && pattern[0] == '#') {
+    glob.never_ = true;
+    return glob;
+  }
+  if (pattern.empty()) {
+    glob.empty_only_ = true;
+    return glob;
+  }
+  size_t bangs = 0;
+  while (bangs < pattern.size() && pattern[bangs] == '!') ++bangs;
+  glob.negate_ = bangs % 2 == 1;
+  pattern.erase(0, bangs);
+
+  std::vector<std::string> expanded;
+  BROKER_RETURN_IF_ERROR(BraceExpand(pattern, &expanded));
+  for (const std::string& one : expanded) {
+    Alternative alternative;
+    // minimatch splits on runs of slashes.
+    std::vector<absl::string_view> segments = SplitOnSlashRuns(one);
+    for (absl::string_view segment : segments) {
+      BROKER_ASSIGN_OR_RETURN(Part part, ParseSegment(segment));
+      alternative.push_back(std::move(part));
+    }
+    glob.alternatives_.push_back(std::move(alternative));
+  }
+  return glob;
+}
+
+std::vector<absl::string_view> SplitOnSlashRuns(absl::string_view s) {
+  std::vector<absl::string_view> out;
+  size_t start = 0;
+  size_t i = 0;
+  while (i <= s.size()) {
+    if (i == s.size() || s[i] == '/') {
+      out.push_back(s.substr(start, i - start));
+      if (i == s.size()) break;
+      while (i < s.size() && s[i] == '/') ++i;
+      start = i;
+      if (i == s.size()) {
+        out.push_back(absl::string_view());
+        break;
+      }
+      continue;
+    }
+    ++i;
+  }
+  return out;
+}
+
+bool Glob::MatchAlternative(const Alternative& pattern,
+                            const std::vector<absl::string_view>& file) const {
+  // below[f] = "pattern[p+1..] matches file[f..]" for the row under the
+  // current one; computed bottom-up so that "**" costs O(1) per cell instead
+  // of minimatch's recursive retry (exponential on hostile values).
+  const size_t fl = file.size();
+  const size_t pl = pattern.size();
+  std::vector<char> below(fl + 1, 0);
+  std::vector<char> row(fl + 1, 0);
+  // Out of pattern: a hit when the file is done too, or only a trailing ""
+  // (from a trailing slash) is left.
+  for (size_t f = 0; f <= fl; ++f) {
+    below[f] = f == fl || (f + 1 == fl && file[f].empty());
+  }
+  for (size_t p = pl; p-- > 0;) {
+    const Part& part = pattern[p];
+    row[fl] = 0;  // out of file with pattern left: no match
+    if (part.globstar && p + 1 == pl) {
+      // A final "**" swallows the rest unless a "." or ".." is in it.
+      bool clean = true;
+      for (size_t f = fl; f-- > 0;) {
+        clean = clean && !IsDotSegment(file[f]);
+        row[f] = clean;
+      }
+    } else if (part.globstar) {
+      for (size_t f = fl; f-- > 0;) {
+        row[f] = below[f] || (!IsDotSegment(file[f]) && row[f + 1]);
+      }
+    } else {
+      for (size_t f = fl; f-- > 0;) {
+        row[f] = below[f + 1] && PartMatches(part, file[f]);
+      }
+    }
+    std::swap(row, below);
+  }
+  return below[0] != 0;
+}
+
+bool Glob::Matches(absl::string_view value) const {
+  if (never_) return false;
+  if (empty_only_) return value.empty();
+  std::vector<absl::string_view> file = SplitOnSlashRuns(value);
+  for (const Alternative& alternative : alternatives_) {
+    if (MatchAlternative(alternative, file)) return !negate_;
+  }
+  return negate_;
+}
+
+}  // namespace broker::filters

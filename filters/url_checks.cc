@@ -1,0 +1,123 @@
+#include "filters/url_checks.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+#include <vector>
+
+namespace broker::filters {
+namespace {
+
+// How many rounds of percent-decoding a segment may need before we call it
+// an evasion attempt on its own.
+constexpr int kMaxDecodeRounds = 8;
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Node's path.posix.normalize().
+std::string NodeNormalize(absl::string_view path) {
+  if (path.empty()) return ".";
+  const bool absolute = path.front() == '/';
+  const bool trailing = path.back() == '/';
+  std::vector<absl::string_view> stack;
+  for (absl::string_view segment : absl::StrSplit(path, '/')) {
+    if (segment.empty() || segment == ".") continue;
+    if (segment == "..") {
+      if (!stack.empty() && stack.back() != "..") {
+        stack.pop_back();
+      } else if (!absolute) {
+        stack.push_back(segment);
+      }
+      continue;
+    }
+    stack.push_back(segment);
+  }
+  std::string out = absl::StrJoin(stack, "/");
+  if (out.empty()) {
+    if (absolute) return "/";
+    return trailing ? "./" : ".";
+  }
+  if (trailing) out += '/';
+  return absolute ? absl::StrCat("/", out) : out;
+}
+
+bool IsDotPiece(absl::string_view piece) {
+  piece = piece.substr(0, piece.find(';'));
+  return piece == "." || piece == "..";
+}
+
+}  // namespace
+
+SplitUrl SplitRequestTarget(absl::string_view url) {
+  url = url.substr(0, url.find('#'));
+  size_t question = url.find('?');
+  if (question == absl::string_view::npos) return {url, absl::string_view()};
+  return {url.substr(0, question), url.substr(question + 1)};
+}
+
+bool NormalizationWouldChange(absl::string_view path) {
+  // Fast path: no "//", no "." or ".." segment, not empty.
+  if (path.empty()) return true;
+  bool suspicious = false;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '.' ||
+        (path[i] == '/' && i + 1 < path.size() && path[i + 1] == '/')) {
+      suspicious = true;
+      break;
+    }
+  }
+  if (!suspicious) return false;
+  return NodeNormalize(path) != path;
+}
+
+std::string PercentDecode(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() && HexValue(text[i + 1]) >= 0 &&
+        HexValue(text[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(HexValue(text[i + 1]) * 16 +
+                                      HexValue(text[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+std::optional<std::string> FindPathTraversal(absl::string_view path) {
+  for (absl::string_view segment : absl::StrSplit(path, '/')) {
+    // Most segments carry nothing that decoding or splitting could turn into
+    // a dot segment.
+    if (segment.find_first_of("%\\;.") == absl::string_view::npos) continue;
+    std::string decoded(segment);
+    int rounds = 0;
+    while (decoded.find('%') != std::string::npos) {
+      std::string next = PercentDecode(decoded);
+      if (next == decoded) break;
+      if (++rounds > kMaxDecodeRounds) {
+        return absl::StrCat("path segment \"", segment,
+                            "\" is percent-encoded more than ",
+                            kMaxDecodeRounds, " times");
+      }
+      decoded = std::move(next);
+    }
+    for (absl::string_view piece :
+         absl::StrSplit(decoded, absl::ByAnyChar("/\\"))) {
+      if (IsDotPiece(piece)) {
+        return absl::StrCat("path segment \"", segment, "\" decodes to \"",
+                            decoded, "\", a traversal");
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace broker::filters
