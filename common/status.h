@@ -19,6 +19,7 @@
     if (!broker_status_.ok()) return broker_status_; \
   } while (false)
 
+// NOLINTBEGIN(bugprone-macro-parentheses): `lhs` may be a declaration.
 // `BROKER_ASSIGN_OR_RETURN(auto x, MakeX());` declares x from an OK StatusOr,
 // or returns its status.
 #define BROKER_ASSIGN_OR_RETURN(lhs, expr) \
@@ -28,6 +29,7 @@
   auto statusor = (expr);                                  \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = *std::move(statusor)
+// NOLINTEND(bugprone-macro-parentheses)
 
 // A broken internal invariant: crash with the location, in every build mode.
 #define BROKER_CHECK(cond)                                               \

@@ -3,8 +3,10 @@
 #include "common/status.h"
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
@@ -13,9 +15,9 @@ namespace {
 
 constexpr size_t kMaxBraceExpansions = 4096;
 
+// UTF-8, so that "?" is one character as in JavaScript (for the BMP).
 RE2::Options SegmentOptions() {
   RE2::Options options;
-  options.set_encoding(RE2::Options::EncodingLatin1);
   options.set_log_errors(false);
   return options;
 }
@@ -77,17 +79,33 @@ bool ExpandSequence(absl::string_view body, std::vector<std::string>* out) {
              absl::ascii_isalpha(static_cast<unsigned char>(ends[0][0])) &&
              absl::ascii_isalpha(static_cast<unsigned char>(ends[1][0]))) {
     alpha = true;
-    from = ends[0][0];
-    to = ends[1][0];
+    from = static_cast<unsigned char>(ends[0][0]);
+    to = static_cast<unsigned char>(ends[1][0]);
   } else {
     return false;
   }
+  // brace-expansion pads "{01..10}" to the wider end.
+  auto padded = [](absl::string_view n) {
+    absl::ConsumePrefix(&n, "-");
+    return n.size() > 1 && n[0] == '0';
+  };
+  const size_t width = !alpha && (padded(ends[0]) || padded(ends[1]))
+                           ? std::max(ends[0].size(), ends[1].size())
+                           : 0;
   int64_t direction = from <= to ? 1 : -1;
   for (int64_t v = from; direction > 0 ? v <= to : v >= to;
        v += direction * step) {
     if (out->size() >= kMaxBraceExpansions) return false;
-    out->push_back(alpha ? std::string(1, static_cast<char>(v))
-                         : std::to_string(v));
+    if (alpha) {
+      out->push_back(std::string(1, static_cast<char>(v)));
+      continue;
+    }
+    std::string digits = std::to_string(v < 0 ? -v : v);
+    size_t sign = v < 0 ? 1 : 0;
+    if (digits.size() + sign < width) {
+      digits.insert(0, width - digits.size() - sign, '0');
+    }
+    out->push_back(v < 0 ? "-" + digits : digits);
   }
   return true;
 }
@@ -117,7 +135,8 @@ absl::Status BraceExpand(const std::string& pattern,
     std::string post = pattern.substr(close + 1);
     for (const std::string& option : options) {
       std::vector<std::string> expanded;
-      BROKER_RETURN_IF_ERROR(BraceExpand(pre + option + post, &expanded));
+      BROKER_RETURN_IF_ERROR(
+          BraceExpand(absl::StrCat(pre, option, post), &expanded));
       for (std::string& e : expanded) {
         if (out->size() >= kMaxBraceExpansions) {
           return absl::InvalidArgumentError(absl::StrCat(
@@ -132,9 +151,11 @@ absl::Status BraceExpand(const std::string& pattern,
   return absl::OkStatus();
 }
 
-// Appends `c` to a regex as a literal.
+// Appends `c` to a regex as a literal. Bytes of multi-byte UTF-8
+// characters go in as they are (RE2 reads the pattern as UTF-8).
 void AppendLiteral(char c, std::string* re) {
-  if (absl::ascii_isalnum(static_cast<unsigned char>(c))) {
+  const auto byte = static_cast<unsigned char>(c);
+  if (absl::ascii_isalnum(byte) || byte >= 0x80) {
     re->push_back(c);
   } else {
     absl::StrAppend(re, "\\x",
@@ -173,6 +194,114 @@ size_t TranslateClass(absl::string_view s, size_t open, std::string* re) {
   return i + 1 - open;
 }
 
+// Index of the ")" closing the extglob "(" at `open`, or npos.
+size_t FindClosingParen(absl::string_view s, size_t open) {
+  int depth = 0;
+  for (size_t i = open; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '(') {
+      ++depth;
+    } else if (s[i] == ')') {
+      if (--depth == 0) return i;
+    }
+  }
+  return absl::string_view::npos;
+}
+
+// Splits an extglob body on top-level "|".
+std::vector<absl::string_view> SplitAlternatives(absl::string_view body) {
+  std::vector<absl::string_view> out;
+  int depth = 0;
+  size_t start = 0;
+  for (size_t i = 0; i < body.size(); ++i) {
+    if (body[i] == '\\') {
+      ++i;
+    } else if (body[i] == '(') {
+      ++depth;
+    } else if (body[i] == ')') {
+      --depth;
+    } else if (body[i] == '|' && depth == 0) {
+      out.push_back(body.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  out.push_back(body.substr(start));
+  return out;
+}
+
+// What translating a piece of a glob segment found.
+struct Translation {
+  std::string re;       // RE2 source
+  std::string literal;  // the unescaped text, meaningful without magic
+  bool has_magic = false;
+  bool starts_with_wildcard = false;
+};
+
+// Translates `s` (no "/") to RE2 as minimatch's parse() does: "*", "?",
+// "[...]", "\\" escapes, and the extglobs "@(a|b)", "?(..)", "*(..)",
+// "+(..)". "!(..)" needs a look-ahead RE2 cannot run and is refused.
+absl::Status Translate(absl::string_view s, Translation* out) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    bool at_start = out->re.empty();
+    if (c == '\\') {
+      char lit = i + 1 < s.size() ? s[++i] : '\\';
+      AppendLiteral(lit, &out->re);
+      out->literal.push_back(lit);
+      continue;
+    }
+    if ((c == '+' || c == '@' || c == '!' || c == '?' || c == '*') &&
+        i + 1 < s.size() && s[i + 1] == '(') {
+      size_t close = FindClosingParen(s, i + 1);
+      if (close != absl::string_view::npos) {
+        if (c == '!') {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "glob \"", s, "\": the negated extglob !(...) is not supported"));
+        }
+        std::vector<std::string> alternatives;
+        for (absl::string_view alt :
+             SplitAlternatives(s.substr(i + 2, close - i - 2))) {
+          Translation inner;
+          BROKER_RETURN_IF_ERROR(Translate(alt, &inner));
+          alternatives.push_back(std::move(inner.re));
+        }
+        absl::StrAppend(&out->re, "(?:", absl::StrJoin(alternatives, "|"), ")",
+                        c == '@' ? "" : std::string(1, c));
+        out->has_magic = true;
+        out->starts_with_wildcard |= at_start;
+        i = close;
+        continue;
+      }
+    }
+    if (c == '*') {
+      out->has_magic = true;
+      out->starts_with_wildcard |= at_start;
+      while (i + 1 < s.size() && s[i + 1] == '*') ++i;
+      out->re += "[^/]*";
+      continue;
+    }
+    if (c == '?') {
+      out->has_magic = true;
+      out->starts_with_wildcard |= at_start;
+      out->re += "[^/]";
+      continue;
+    }
+    if (c == '[') {
+      size_t used = TranslateClass(s, i, &out->re);
+      if (used > 0) {
+        out->has_magic = true;
+        out->starts_with_wildcard |= at_start;
+        i += used - 1;
+        continue;
+      }
+    }
+    AppendLiteral(c, &out->re);
+    out->literal.push_back(c);
+  }
+  return absl::OkStatus();
+}
+
 // One "/"-free piece of the pattern (minimatch's parse()).
 absl::StatusOr<Glob::Part> ParseSegment(absl::string_view segment) {
   Glob::Part part;
@@ -180,57 +309,15 @@ absl::StatusOr<Glob::Part> ParseSegment(absl::string_view segment) {
     part.globstar = true;
     return part;
   }
-  std::string re;
-  std::string literal;
-  bool has_magic = false;
-  bool starts_with_wildcard = false;
-  for (size_t i = 0; i < segment.size(); ++i) {
-    char c = segment[i];
-    bool at_start = re.empty();
-    if (c == '\\') {
-      char lit = i + 1 < segment.size() ? segment[++i] : '\\';
-      AppendLiteral(lit, &re);
-      literal.push_back(lit);
-      continue;
-    }
-    if ((c == '+' || c == '@' || c == '!' || c == '?' || c == '*') &&
-        i + 1 < segment.size() && segment[i + 1] == '(') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "glob segment \"", segment, "\": extended globs such as ",
-          std::string(1, c), "(...) are not supported"));
-    }
-    if (c == '*') {
-      has_magic = true;
-      starts_with_wildcard |= at_start;
-      while (i + 1 < segment.size() && segment[i + 1] == '*') ++i;
-      re += "[^/]*";
-      continue;
-    }
-    if (c == '?') {
-      has_magic = true;
-      starts_with_wildcard |= at_start;
-      re += "[^/]";
-      continue;
-    }
-    if (c == '[') {
-      size_t used = TranslateClass(segment, i, &re);
-      if (used > 0) {
-        has_magic = true;
-        starts_with_wildcard |= at_start;
-        i += used - 1;
-        continue;
-      }
-    }
-    AppendLiteral(c, &re);
-    literal.push_back(c);
-  }
-  if (!has_magic) {
-    part.literal = std::move(literal);
+  Translation t;
+  BROKER_RETURN_IF_ERROR(Translate(segment, &t));
+  if (!t.has_magic) {
+    part.literal = std::move(t.literal);
     return part;
   }
   part.non_empty = true;
-  part.no_dot_segment = starts_with_wildcard;
-  auto regex = std::make_shared<RE2>(re, SegmentOptions());
+  part.no_dot_segment = t.starts_with_wildcard;
+  auto regex = std::make_shared<RE2>(t.re, SegmentOptions());
   if (!regex->ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("glob segment \"", segment, "\": ", regex->error()));
@@ -241,9 +328,19 @@ absl::StatusOr<Glob::Part> ParseSegment(absl::string_view segment) {
 
 bool IsDotSegment(absl::string_view s) { return s == "." || s == ".."; }
 
+// JavaScript's "." (in minimatch's "(?=.)") refuses line terminators.
+bool StartsWithLineTerminator(absl::string_view s) {
+  return !s.empty() &&
+         (s[0] == '\n' || s[0] == '\r' || absl::StartsWith(s, "\xE2\x80\xA8") ||
+          absl::StartsWith(s, "\xE2\x80\xA9"));
+}
+
 bool PartMatches(const Glob::Part& part, absl::string_view segment) {
   if (!part.regex) return segment == part.literal;
-  if (part.non_empty && segment.empty()) return false;
+  if (part.non_empty &&
+      (segment.empty() || StartsWithLineTerminator(segment))) {
+    return false;
+  }
   if (part.no_dot_segment && IsDotSegment(segment)) return false;
   return RE2::FullMatch(re2::StringPiece(segment.data(), segment.size()),
                         *part.regex);
@@ -255,14 +352,14 @@ bool Glob::HasMagic(absl::string_view pattern) {
   return pattern.find_first_of("*?[{!") != absl::string_view::npos;
 }
 
-absl::StatusOr<Glob> Glob::Compile(absl::string_view raw) {
+absl::StatusOr<Glob> Glob::Compile(absl::string_view pattern_text) {
   Glob glob;
-  glob.pattern_ = std::string(raw);
-  if (!raw.empty() && raw[0] == '#') {
+  glob.pattern_ = std::string(pattern_text);
+  if (!pattern_text.empty() && pattern_text[0] == '#') {
     glob.never_ = true;
     return glob;
   }
-  std::string pattern(absl::StripAsciiWhitespace(raw));
+  std::string pattern(absl::StripAsciiWhitespace(pattern_text));
   if (!pattern.empty() && pattern[0] == '#') {
     glob.never_ = true;
     return glob;
@@ -302,7 +399,7 @@ std::vector<absl::string_view> SplitOnSlashRuns(absl::string_view s) {
       while (i < s.size() && s[i] == '/') ++i;
       start = i;
       if (i == s.size()) {
-        out.push_back(absl::string_view());
+        out.emplace_back();
         break;
       }
       continue;
@@ -313,7 +410,7 @@ std::vector<absl::string_view> SplitOnSlashRuns(absl::string_view s) {
 }
 
 bool Glob::MatchAlternative(const Alternative& pattern,
-                            const std::vector<absl::string_view>& file) const {
+                            const std::vector<absl::string_view>& file) {
   // below[f] = "pattern[p+1..] matches file[f..]" for the row under the
   // current one; computed bottom-up so that "**" costs O(1) per cell instead
   // of minimatch's recursive retry (exponential on hostile values).
@@ -324,7 +421,7 @@ bool Glob::MatchAlternative(const Alternative& pattern,
   // Out of pattern: a hit when the file is done too, or only a trailing ""
   // (from a trailing slash) is left.
   for (size_t f = 0; f <= fl; ++f) {
-    below[f] = f == fl || (f + 1 == fl && file[f].empty());
+    below[f] = static_cast<char>(f == fl || (f + 1 == fl && file[f].empty()));
   }
   for (size_t p = pl; p-- > 0;) {
     const Part& part = pattern[p];
@@ -334,15 +431,16 @@ bool Glob::MatchAlternative(const Alternative& pattern,
       bool clean = true;
       for (size_t f = fl; f-- > 0;) {
         clean = clean && !IsDotSegment(file[f]);
-        row[f] = clean;
+        row[f] = static_cast<char>(clean);
       }
     } else if (part.globstar) {
       for (size_t f = fl; f-- > 0;) {
-        row[f] = below[f] || (!IsDotSegment(file[f]) && row[f + 1]);
+        row[f] = static_cast<char>(below[f] ||
+                                   (!IsDotSegment(file[f]) && row[f + 1]));
       }
     } else {
       for (size_t f = fl; f-- > 0;) {
-        row[f] = below[f + 1] && PartMatches(part, file[f]);
+        row[f] = static_cast<char>(below[f + 1] && PartMatches(part, file[f]));
       }
     }
     std::swap(row, below);

@@ -21,7 +21,8 @@ namespace broker::filters {
 // hostile values.
 class Glob {
  public:
-  [[nodiscard]] static absl::StatusOr<Glob> Compile(absl::string_view pattern);
+  [[nodiscard]] static absl::StatusOr<Glob> Compile(
+      absl::string_view pattern_text);
 
   bool Matches(absl::string_view value) const;
 
@@ -41,8 +42,8 @@ class Glob {
   using Alternative = std::vector<Part>;
 
  private:
-  bool MatchAlternative(const Alternative& alternative,
-                        const std::vector<absl::string_view>& segments) const;
+  static bool MatchAlternative(const Alternative& pattern,
+                               const std::vector<absl::string_view>& file);
 
   std::string pattern_;
   bool negate_ = false;

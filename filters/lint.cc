@@ -84,30 +84,51 @@ void Warn(const Rule& rule, std::string message, std::vector<Diagnostic>* out) {
                   std::move(message)});
 }
 
+// What the open end of the path lets through, in words.
+std::string DescribeOpenEnd(const PathPattern& path) {
+  const auto& tokens = path.tokens();
+  const PathPattern::Token& last = tokens.back();
+  if (last.asterisk) {
+    std::string after;
+    if (tokens.size() >= 2 && tokens[tokens.size() - 2].is_literal) {
+      absl::string_view text = tokens[tokens.size() - 2].text;
+      text = text.substr(
+          text.rfind('/') == absl::string_view::npos ? 0 : text.rfind('/') + 1);
+      if (!text.empty()) after = absl::StrCat(" after \"", text, "\"");
+    }
+    return absl::StrCat("its trailing \"*\" also crosses \"/\", so any path",
+                        after, " gets through (e.g. .env, id_rsa, ",
+                        ".github/workflows/ci.yml below it)");
+  }
+  return absl::StrCat(
+      "\":", last.text,
+      "\" takes any file name, and \"%2F\" in it reaches any "
+      "depth (e.g. .env, id_rsa, .github%2Fworkflows%2Fci.yml)");
+}
+
 void CheckRule(const Rule& rule, std::vector<Diagnostic>* out) {
   const std::string what = absl::StrCat(rule.method, " ", rule.path.path());
-  if (IsWriteMethod(rule) && EndsOpen(rule.path) &&
-      LooksLikeFileSegment(rule.path) && !rule.HasValidity()) {
+  const bool file_end = EndsOpen(rule.path) && LooksLikeFileSegment(rule.path);
+  if (IsWriteMethod(rule) && file_end && !rule.HasValidity()) {
     Warn(rule,
-         absl::StrCat(what,
-                      " can write any file it reaches (a \":param\" also "
-                      "takes \"%2F\"), including CI workflows such as "
-                      ".github/workflows/*; name the files instead, e.g. "
+         absl::StrCat(what, " can overwrite any file it reaches: ",
+                      DescribeOpenEnd(rule.path),
+                      "; name the files it may write instead, e.g. "
                       "\":path(package\\\\.json|pom\\\\.xml)\", or add a "
                       "\"valid\" check"),
          out);
   }
-  if (IsReadMethod(rule) && LooksLikeFileSegment(rule.path) &&
-      !rule.HasValidity()) {
+  const bool git_discovery =
+      absl::StrContains(absl::AsciiStrToLower(rule.path.path()), "info/refs");
+  if (IsReadMethod(rule) && file_end && !git_discovery && !rule.HasValidity()) {
     Warn(rule,
-         absl::StrCat(what,
-                      " lets any file through, including .env and id_rsa; "
-                      "restrict the last segment to the manifests you need, "
-                      "e.g. \":path(package\\\\.json|pom\\\\.xml)\""),
+         absl::StrCat(what, " can read any file it reaches: ",
+                      DescribeOpenEnd(rule.path),
+                      "; restrict it to the manifests you need, e.g. "
+                      "\":path(package\\\\.json|pom\\\\.xml)\""),
          out);
   }
-  if (absl::StrContains(absl::AsciiStrToLower(rule.path.path()), "info/refs") &&
-      !HasQueryCheck(rule, "service")) {
+  if (git_discovery && !HasQueryCheck(rule, "service")) {
     Warn(rule,
          absl::StrCat(what,
                       " also allows git-receive-pack (push) discovery; add "

@@ -139,7 +139,7 @@ absl::StatusOr<ForwardTarget> OriginResolver::Resolve(
         break;
     }
   } else if (!userinfo.empty()) {
-    if (userinfo.find(':') != std::string::npos) {
+    if (absl::StrContains(userinfo, ':')) {
       target.authorization =
           absl::StrCat("Basic ", absl::Base64Escape(userinfo));
     } else {

@@ -24,8 +24,47 @@ std::string ClassChar(char c) {
 std::string EscapeGroup(absl::string_view group) {
   std::string out;
   for (char c : group) {
-    if (absl::string_view("=!:$/()").find(c) != absl::string_view::npos) {
+    if (absl::StrContains("=!:$/()", c)) {
       out.push_back('\\');
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+// JavaScript regex meanings RE2 spells differently: "\\s" also takes
+// "\\v" and U+00A0, "." refuses "\\r" as well as "\\n".
+std::string JsGroupToRe2(absl::string_view group) {
+  constexpr absl::string_view kSpace = "\\t\\n\\x0b\\f\\r \\xa0";
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < group.size(); ++i) {
+    char c = group[i];
+    if (c == '\\' && i + 1 < group.size()) {
+      char next = group[++i];
+      if (next == 's') {
+        absl::StrAppend(&out, in_class ? "" : "[", kSpace, in_class ? "" : "]");
+      } else if (next == 'S' && !in_class) {
+        absl::StrAppend(&out, "[^", kSpace, "]");
+      } else {
+        out.push_back(c);
+        out.push_back(next);
+      }
+      continue;
+    }
+    if (c == '[' && !in_class) {
+      in_class = true;
+      out.push_back(c);
+      if (i + 1 < group.size() && group[i + 1] == '^')
+        out.push_back(group[++i]);
+      if (i + 1 < group.size() && group[i + 1] == ']')
+        out.push_back(group[++i]);
+      continue;
+    }
+    if (c == ']' && in_class) in_class = false;
+    if (c == '.' && !in_class) {
+      out += "[^\\n\\r]";
+      continue;
     }
     out.push_back(c);
   }
@@ -134,8 +173,8 @@ RE2::Options PathPatternOptions() {
   return options;
 }
 
-absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view raw) {
-  std::string path(raw);
+absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view path_text) {
+  std::string path(path_text);
   if (path.empty() || path[0] != '/') path.insert(0, "/");
 
   // parse(): literal text and parameter tokens, as path-to-regexp 1.9.0.
@@ -177,7 +216,7 @@ absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view raw) {
         m.prefix != 0 && next_pos < path.size() && path[next_pos] != m.prefix;
     const char delimiter = m.prefix ? m.prefix : '/';
     if (m.has_pattern) {
-      t.pattern = EscapeGroup(m.pattern);
+      t.pattern = JsGroupToRe2(EscapeGroup(m.pattern));
     } else if (m.asterisk) {
       // JavaScript's "." stops at line terminators; RE2's only at "\n".
       t.pattern = "[^\\n\\r]*";
@@ -188,7 +227,7 @@ absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view raw) {
           tokens.back().token.is_literal) {
         prev_text = tokens.back().token.text;
       }
-      if (prev_text.empty() || prev_text.find(delimiter) != std::string::npos) {
+      if (prev_text.empty() || absl::StrContains(prev_text, delimiter)) {
         t.pattern = absl::StrCat("[^", ClassChar(delimiter), "]+?");
       } else if (prev_text.size() == 1) {
         t.pattern =
@@ -197,7 +236,7 @@ absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view raw) {
       } else {
         // path-to-regexp uses a look-ahead here, which RE2 cannot run.
         return absl::InvalidArgumentError(absl::StrCat(
-            "path \"", raw, "\": parameter \":", t.token.text,
+            "path \"", path_text, "\": parameter \":", t.token.text,
             "\" directly after the text \"", prev_text,
             "\" is not supported; put a \"/\" or \".\" before it"));
       }
@@ -247,7 +286,7 @@ absl::StatusOr<PathPattern> PathPattern::Compile(absl::string_view raw) {
   pattern.re_ = std::make_unique<RE2>(route, PathPatternOptions());
   if (!pattern.re_->ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "path \"", raw, "\": invalid pattern: ", pattern.re_->error()));
+        "path \"", path_text, "\": invalid pattern: ", pattern.re_->error()));
   }
   pattern.tokens_.reserve(tokens.size());
   for (ParsedToken& t : tokens) pattern.tokens_.push_back(std::move(t.token));

@@ -32,7 +32,7 @@ class PathPattern {
 
   // `path` gets a leading "/" when it has none, as Snyk does.
   [[nodiscard]] static absl::StatusOr<PathPattern> Compile(
-      absl::string_view path);
+      absl::string_view path_text);
 
   // An empty pattern matches nothing.
   PathPattern() = default;

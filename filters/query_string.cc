@@ -1,5 +1,6 @@
 #include "filters/query_string.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 
 namespace broker::filters {
@@ -15,21 +16,33 @@ int HexValue(char c) {
   return -1;
 }
 
-// Length of the UTF-8 sequence starting with `lead`, 0 when invalid.
-int Utf8Length(unsigned char lead) {
-  if (lead < 0x80) return 1;
-  if (lead >= 0xC2 && lead <= 0xDF) return 2;
-  if (lead >= 0xE0 && lead <= 0xEF) return 3;
-  if (lead >= 0xF0 && lead <= 0xF4) return 4;
-  return 0;
-}
-
+// Strict UTF-8, as decodeURIComponent demands: no overlong forms, no
+// surrogates, nothing above U+10FFFF.
 bool IsValidUtf8(absl::string_view s) {
   for (size_t i = 0; i < s.size();) {
-    int n = Utf8Length(static_cast<unsigned char>(s[i]));
-    if (n == 0 || i + n > s.size()) return false;
+    const auto lead = static_cast<unsigned char>(s[i]);
+    int n = 0;
+    unsigned char low = 0x80;
+    unsigned char high = 0xBF;
+    if (lead < 0x80) {
+      n = 1;
+    } else if (lead >= 0xC2 && lead <= 0xDF) {
+      n = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      n = 3;
+      if (lead == 0xE0) low = 0xA0;
+      if (lead == 0xED) high = 0x9F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      n = 4;
+      if (lead == 0xF0) low = 0x90;
+      if (lead == 0xF4) high = 0x8F;
+    } else {
+      return false;
+    }
+    if (i + n > s.size()) return false;
     for (int k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if (k == 1 ? (c < low || c > high) : (c & 0xC0) != 0x80) return false;
     }
     i += n;
   }
@@ -43,7 +56,7 @@ std::string Decode(absl::string_view raw) {
   for (char& c : spaced) {
     if (c == '+') c = ' ';
   }
-  if (spaced.find('%') == std::string::npos) return spaced;
+  if (!absl::StrContains(spaced, '%')) return spaced;
   std::string out;
   out.reserve(spaced.size());
   for (size_t i = 0; i < spaced.size(); ++i) {
@@ -69,8 +82,9 @@ QueryParams ParseQueryString(absl::string_view query) {
   QueryParams params;
   int seen = 0;
   for (absl::string_view part : absl::StrSplit(query, '&')) {
-    if (part.empty()) continue;
+    // Empty pieces count towards the limit, as in qs.
     if (++seen > kParameterLimit) break;
+    if (part.empty()) continue;
     size_t bracket_equals = part.find("]=");
     size_t pos = bracket_equals == absl::string_view::npos ? part.find('=')
                                                            : bracket_equals + 1;

@@ -52,6 +52,7 @@ struct HeaderCheck {
 };
 
 // One compiled accept rule. Immutable after load.
+// NOLINTNEXTLINE(bugprone-exception-escape): members only allocate.
 struct Rule {
   RuleList list = RuleList::kPrivate;
   int index = 0;

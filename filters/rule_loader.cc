@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "yaml-cpp/yaml.h"
 
 #include <string>
@@ -56,8 +57,15 @@ json YamlScalar(const YAML::Node& node) {
   return text;
 }
 
-json YamlToJson(const YAML::Node& node, int depth) {
+// Aliases can make a small file expand to millions of nodes.
+constexpr int kMaxYamlNodes = 200000;
+
+json YamlToJson(const YAML::Node& node, int depth, int* nodes) {
   if (depth > 64) throw YAML::Exception(node.Mark(), "nested too deeply");
+  if (++*nodes > kMaxYamlNodes) {
+    throw YAML::Exception(node.Mark(),
+                          "more than 200000 nodes once aliases are expanded");
+  }
   switch (node.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
@@ -67,13 +75,14 @@ json YamlToJson(const YAML::Node& node, int depth) {
     case YAML::NodeType::Sequence: {
       json out = json::array();
       for (const YAML::Node& item : node)
-        out.push_back(YamlToJson(item, depth + 1));
+        out.push_back(YamlToJson(item, depth + 1, nodes));
       return out;
     }
     case YAML::NodeType::Map: {
       json out = json::object();
       for (const auto& item : node) {
-        out[item.first.as<std::string>()] = YamlToJson(item.second, depth + 1);
+        out[item.first.as<std::string>()] =
+            YamlToJson(item.second, depth + 1, nodes);
       }
       return out;
     }
@@ -139,8 +148,8 @@ class RuleCompiler {
       Error(context + "must be an object");
       return;
     }
-    for (const auto& [key, value] : check.items()) {
-      (void)value;
+    for (const auto& item : check.items()) {
+      const std::string& key = item.key();
       if (key != "//" && key != "path" && key != "value" && key != "regex" &&
           key != "queryParam" && key != "values" && key != "header") {
         Warning(absl::StrCat(context, "unknown field \"", key, "\" (ignored)"));
@@ -257,8 +266,12 @@ absl::StatusOr<json> ParseDocument(absl::string_view text) {
     }
   }
   try {
-    YAML::Node node = YAML::Load(std::string(text));
-    return YamlToJson(node, 0);
+    // yaml-cpp accepts a quoted scalar left open at the very end when a
+    // newline follows it; without the trailing white space it reports it.
+    YAML::Node node =
+        YAML::Load(std::string(absl::StripTrailingAsciiWhitespace(text)));
+    int nodes = 0;
+    return YamlToJson(node, 0, &nodes);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid YAML at line ", e.mark.line + 1, ", column ",
@@ -278,8 +291,8 @@ std::optional<Rule> CompileRule(const json& raw, RuleList list, int index,
   rule.index = index;
   rule.source = raw;
 
-  for (const auto& [key, value] : raw.items()) {
-    (void)value;
+  for (const auto& item : raw.items()) {
+    const std::string& key = item.key();
     if (key != "//" && key != "method" && key != "path" && key != "origin" &&
         key != "auth" && key != "valid" && key != "stream") {
       c.Warning(absl::StrCat("unknown field \"", key, "\" (ignored)"));
@@ -295,6 +308,9 @@ std::optional<Rule> CompileRule(const json& raw, RuleList list, int index,
   }
   rule.method = method;
 
+  if (!raw.contains("path")) {
+    c.Warning("no \"path\": the rule matches only \"/\"");
+  }
   std::string path = c.String(raw, "path").value_or("");
   absl::StatusOr<PathPattern> pattern = PathPattern::Compile(path);
   if (!pattern.ok()) {

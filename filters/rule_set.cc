@@ -32,6 +32,13 @@ std::string Sha256Hex(absl::string_view text) {
       absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
+// Keeps reasons one readable line even for a hostile 1 MiB path.
+std::string Abbreviate(absl::string_view text) {
+  constexpr size_t kMax = 256;
+  if (text.size() <= kMax) return std::string(text);
+  return absl::StrCat(text.substr(0, kMax), "... (", text.size(), " bytes)");
+}
+
 // Collects the values at a dot-separated path; "*" visits every element of
 // an array or object, a number indexes an array.
 void CollectAtPath(const json& node, const std::vector<std::string>& path,
@@ -129,7 +136,7 @@ std::string Rule::Label() const {
 RuleSet::~RuleSet() = default;
 
 LoadResult RuleSet::Parse(absl::string_view text,
-                          absl::string_view source_name) {
+                          absl::string_view /*source_name*/) {
   LoadResult result;
   absl::StatusOr<json> document = internal::ParseDocument(text);
   if (!document.ok()) {
@@ -148,10 +155,9 @@ LoadResult RuleSet::Parse(absl::string_view text,
   auto rule_set = std::shared_ptr<RuleSet>(new RuleSet());
   rule_set->source_ = *document;
   rule_set->digest_ = Sha256Hex(text);
-  (void)source_name;
 
-  for (const auto& [key, value] : document->items()) {
-    (void)value;
+  for (const auto& item : document->items()) {
+    const std::string& key = item.key();
     if (key != "private" && key != "public" && key != "//") {
       result.diagnostics.push_back(
           {Severity::kWarning, "", -1,
@@ -227,7 +233,7 @@ Decision RuleSet::Evaluate(RuleList list, const RequestView& request) const {
 }
 
 Decision RuleSet::EvaluateList(RuleList which, const CompiledList& list,
-                               const RequestView& request) const {
+                               const RequestView& request) {
   Decision decision;
   const SplitUrl url = SplitRequestTarget(request.url);
   if (NormalizationWouldChange(url.path)) {
@@ -324,7 +330,7 @@ Decision RuleSet::EvaluateList(RuleList which, const CompiledList& list,
   }
   decision.cause = BlockCause::kNoMatchingRule;
   decision.reason = absl::StrCat("no ", RuleListName(which), " rule allows ",
-                                 request.method, " ", url.path);
+                                 request.method, " ", Abbreviate(url.path));
   return decision;
 }
 

@@ -84,9 +84,9 @@ class RuleSet {
     std::unique_ptr<RE2::Set> paths;  // index i = rules[i]
   };
 
-  RuleSet() = default;
-  Decision EvaluateList(RuleList which, const CompiledList& list,
-                        const RequestView& request) const;
+  RuleSet() = default;  // NOLINT(bugprone-exception-escape): only allocation
+  static Decision EvaluateList(RuleList which, const CompiledList& list,
+                               const RequestView& request);
 
   CompiledList private_;
   CompiledList public_;

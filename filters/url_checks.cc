@@ -1,5 +1,6 @@
 #include "filters/url_checks.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -45,6 +46,32 @@ std::string NodeNormalize(absl::string_view path) {
   }
   if (trailing) out += '/';
   return absolute ? absl::StrCat("/", out) : out;
+}
+
+// Overlong UTF-8 (C0 AE is ".", C0 AF is "/") is never legitimate, and some
+// servers still decode it.
+bool HasOverlongUtf8(absl::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    if (b == 0xC0 || b == 0xC1) return true;
+    if (i + 1 < s.size()) {
+      const auto next = static_cast<unsigned char>(s[i + 1]);
+      if (b == 0xE0 && next < 0xA0) return true;
+      if (b == 0xF0 && next < 0x90) return true;
+    }
+  }
+  return false;
+}
+
+// Whether decoding or splitting could turn the segment into something else.
+bool NeedsDecoding(absl::string_view segment) {
+  for (char c : segment) {
+    if (c == '%' || c == '\\' || c == ';' || c == '.' ||
+        static_cast<unsigned char>(c) >= 0xC0) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool IsDotPiece(absl::string_view piece) {
@@ -96,10 +123,10 @@ std::optional<std::string> FindPathTraversal(absl::string_view path) {
   for (absl::string_view segment : absl::StrSplit(path, '/')) {
     // Most segments carry nothing that decoding or splitting could turn into
     // a dot segment.
-    if (segment.find_first_of("%\\;.") == absl::string_view::npos) continue;
+    if (!NeedsDecoding(segment)) continue;
     std::string decoded(segment);
     int rounds = 0;
-    while (decoded.find('%') != std::string::npos) {
+    while (absl::StrContains(decoded, '%')) {
       std::string next = PercentDecode(decoded);
       if (next == decoded) break;
       if (++rounds > kMaxDecodeRounds) {
@@ -109,11 +136,17 @@ std::optional<std::string> FindPathTraversal(absl::string_view path) {
       }
       decoded = std::move(next);
     }
+    if (HasOverlongUtf8(decoded)) {
+      return absl::StrCat("path segment \"", segment.substr(0, 256),
+                          "\" holds overlong UTF-8, which some servers decode "
+                          "to \".\" or \"/\"");
+    }
     for (absl::string_view piece :
          absl::StrSplit(decoded, absl::ByAnyChar("/\\"))) {
       if (IsDotPiece(piece)) {
-        return absl::StrCat("path segment \"", segment, "\" decodes to \"",
-                            decoded, "\", a traversal");
+        return absl::StrCat("path segment \"", segment.substr(0, 256),
+                            "\" decodes to \"", piece.substr(0, 256),
+                            "\", a traversal");
       }
     }
   }

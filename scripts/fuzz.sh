@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (fuzz/) with clang, ASan and UBSan in
+# build-fuzz/ and runs each for a bounded time on a copy of its seed corpus
+# (fuzz/corpus/<target>/ is never modified).
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 30)
+#
+# Exits non-zero when a fuzzer finds a crash, a sanitizer report, a broken
+# invariant, a timeout or an out-of-memory; the input is saved under
+# build-fuzz/artifacts/<target>/ (copy it to fuzz/regressions/ and reproduce
+# with: build-fuzz/fuzz/<target> <file>). Works from any directory.
+#
+# Environment: BUILD_DIR (default build-fuzz, relative to the repository
+# root), JOBS (parallel build jobs, default: nproc).
+set -euo pipefail
+
+seconds="${1:-30}"
+if ! [[ "${seconds}" =~ ^[0-9]+$ ]] || (( seconds < 1 )); then
+  echo "usage: $0 [SECONDS_PER_TARGET]" >&2
+  exit 2
+fi
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${repo_root}"
+
+build_dir="${BUILD_DIR:-build-fuzz}"
+jobs="${JOBS:-$(nproc)}"
+targets=(rule_loader_fuzz matcher_fuzz)
+
+CC=clang CXX=clang++ cmake -S . -B "${build_dir}" -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBROKER_FUZZ=ON -DBROKER_BENCH=OFF \
+  >/dev/null
+cmake --build "${build_dir}" --target "${targets[@]}" -j "${jobs}"
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+
+failed=()
+for target in "${targets[@]}"; do
+  name="${target%_fuzz}"
+  corpus="${build_dir}/corpus/${name}"
+  artifacts="${build_dir}/artifacts/${target}"
+  log="${build_dir}/logs/${target}.log"
+  rm -rf "${corpus}"
+  mkdir -p "${corpus}" "${artifacts}" "$(dirname "${log}")"
+  cp -R "fuzz/corpus/${name}/." "${corpus}/"
+
+  echo
+  echo "== ${target}: ${seconds}s on a copy of fuzz/corpus/${name} =="
+  status=0
+  "${build_dir}/fuzz/${target}" \
+    -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 \
+    -max_len=1048576 -print_final_stats=1 \
+    -dict="fuzz/${name}.dict" \
+    -artifact_prefix="${artifacts}/" \
+    "${corpus}" >"${log}" 2>&1 || status=$?
+  if (( status == 0 )); then
+    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' \
+      "${log}" || true
+    echo "${target}: OK ($(find "${corpus}" -type f | wc -l) inputs in" \
+      "${corpus})"
+  else
+    failed+=("${target}")
+    echo "${target}: FAILED (exit ${status}); last lines of ${log}:"
+    tail -n 80 "${log}"
+    echo "inputs saved in ${artifacts}/:"
+    ls -l "${artifacts}"
+  fi
+done
+
+echo
+if (( ${#failed[@]} > 0 )); then
+  echo "FAIL: ${failed[*]} found a problem (see above)"
+  exit 1
+fi
+echo "PASS: no crash in ${targets[*]} (${seconds}s each)"

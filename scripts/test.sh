@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test: formatting, a g++ -Werror build with
+# all tests, a clang AddressSanitizer+UndefinedBehaviorSanitizer build with
+# all tests, and each libFuzzer target for a bounded time.
+#   FUZZ_SECONDS=30 (per target; 0 skips fuzzing)   JOBS=<parallel jobs>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=${JOBS:-$(nproc)}
+fuzz_seconds=${FUZZ_SECONDS:-30}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Installing packages"
+scripts/setup.sh
+
+step "Checking formatting (clang-format)"
+scripts/check_format.sh
+
+step "Building with g++ -Werror (build/gcc)"
+cmake -S . -B build/gcc -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DBROKER_WERROR=ON -DCMAKE_CXX_COMPILER=g++ >/dev/null
+cmake --build build/gcc -j "$jobs"
+
+step "Building with clang + AddressSanitizer + UBSan (build/asan)"
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DBROKER_WERROR=ON -DCMAKE_CXX_COMPILER=clang++ -DBROKER_BENCH=OFF \
+  -DBROKER_SANITIZE=address,undefined >/dev/null
+cmake --build build/asan -j "$jobs"
+
+step "Static analysis (clang-tidy)"
+scripts/tidy.sh build/asan
+
+if [ "$fuzz_seconds" != "0" ]; then
+  step "Fuzzing each target for ${fuzz_seconds}s"
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
+
+step "Running the tests under AddressSanitizer + UBSan"
+(cd build/asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --output-on-failure -j "$jobs")
+
+step "Running the tests (g++ build)"
+(cd build/gcc && ctest --output-on-failure -j "$jobs")
