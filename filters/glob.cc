@@ -22,16 +22,17 @@ RE2::Options SegmentOptions() {
   return options;
 }
 
-// Index of the "}" closing the "{" at `open`, honouring nesting and "\"
-// escapes; npos when unbalanced.
-size_t FindClosingBrace(absl::string_view s, size_t open) {
+// Index of the `close` matching the `open_char` at `open` (nesting and "\\"
+// escapes honoured), or npos when unbalanced.
+size_t FindClosing(absl::string_view s, size_t open, char open_char,
+                   char close) {
   int depth = 0;
   for (size_t i = open; i < s.size(); ++i) {
     if (s[i] == '\\') {
       ++i;
-    } else if (s[i] == '{') {
+    } else if (s[i] == open_char) {
       ++depth;
-    } else if (s[i] == '}') {
+    } else if (s[i] == close) {
       if (--depth == 0) return i;
     }
   }
@@ -120,7 +121,7 @@ absl::Status BraceExpand(const std::string& pattern,
     }
     if (pattern[i] != '{') continue;
     if (i > 0 && pattern[i - 1] == '$') continue;  // "${...}" is not a set
-    size_t close = FindClosingBrace(pattern, i);
+    size_t close = FindClosing(pattern, i, '{', '}');
     if (close == std::string::npos) continue;
     absl::string_view body =
         absl::string_view(pattern).substr(i + 1, close - i - 1);
@@ -194,21 +195,6 @@ size_t TranslateClass(absl::string_view s, size_t open, std::string* re) {
   return i + 1 - open;
 }
 
-// Index of the ")" closing the extglob "(" at `open`, or npos.
-size_t FindClosingParen(absl::string_view s, size_t open) {
-  int depth = 0;
-  for (size_t i = open; i < s.size(); ++i) {
-    if (s[i] == '\\') {
-      ++i;
-    } else if (s[i] == '(') {
-      ++depth;
-    } else if (s[i] == ')') {
-      if (--depth == 0) return i;
-    }
-  }
-  return absl::string_view::npos;
-}
-
 // Splits an extglob body on top-level "|".
 std::vector<absl::string_view> SplitAlternatives(absl::string_view body) {
   std::vector<absl::string_view> out;
@@ -253,7 +239,7 @@ absl::Status Translate(absl::string_view s, Translation* out) {
     }
     if ((c == '+' || c == '@' || c == '!' || c == '?' || c == '*') &&
         i + 1 < s.size() && s[i + 1] == '(') {
-      size_t close = FindClosingParen(s, i + 1);
+      size_t close = FindClosing(s, i + 1, '(', ')');
       if (close != absl::string_view::npos) {
         if (c == '!') {
           return absl::InvalidArgumentError(absl::StrCat(

@@ -1,5 +1,7 @@
 #include "filters/query_string.h"
 
+#include "filters/url_checks.h"
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 
@@ -8,13 +10,6 @@ namespace {
 
 // qs stops after this many parameters.
 constexpr int kParameterLimit = 1000;
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // Strict UTF-8, as decodeURIComponent demands: no overlong forms, no
 // surrogates, nothing above U+10FFFF.
@@ -64,12 +59,12 @@ std::string Decode(absl::string_view raw) {
       out.push_back(spaced[i]);
       continue;
     }
-    if (i + 2 >= spaced.size() || HexValue(spaced[i + 1]) < 0 ||
-        HexValue(spaced[i + 2]) < 0) {
+    if (i + 2 >= spaced.size() || HexDigitValue(spaced[i + 1]) < 0 ||
+        HexDigitValue(spaced[i + 2]) < 0) {
       return spaced;
     }
-    out.push_back(static_cast<char>(HexValue(spaced[i + 1]) * 16 +
-                                    HexValue(spaced[i + 2])));
+    out.push_back(static_cast<char>(HexDigitValue(spaced[i + 1]) * 16 +
+                                    HexDigitValue(spaced[i + 2])));
     i += 2;
   }
   if (!IsValidUtf8(out)) return spaced;

@@ -14,13 +14,6 @@ namespace {
 // an evasion attempt on its own.
 constexpr int kMaxDecodeRounds = 8;
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 // Node's path.posix.normalize().
 std::string NodeNormalize(absl::string_view path) {
   if (path.empty()) return ".";
@@ -81,6 +74,13 @@ bool IsDotPiece(absl::string_view piece) {
 
 }  // namespace
 
+int HexDigitValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 SplitUrl SplitRequestTarget(absl::string_view url) {
   url = url.substr(0, url.find('#'));
   size_t question = url.find('?');
@@ -107,10 +107,10 @@ std::string PercentDecode(absl::string_view text) {
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '%' && i + 2 < text.size() && HexValue(text[i + 1]) >= 0 &&
-        HexValue(text[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(HexValue(text[i + 1]) * 16 +
-                                      HexValue(text[i + 2])));
+    if (text[i] == '%' && i + 2 < text.size() &&
+        HexDigitValue(text[i + 1]) >= 0 && HexDigitValue(text[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(HexDigitValue(text[i + 1]) * 16 +
+                                      HexDigitValue(text[i + 2])));
       i += 2;
     } else {
       out.push_back(text[i]);

@@ -20,6 +20,9 @@ SplitUrl SplitRequestTarget(absl::string_view url);
 // an empty segment ("//"), or a "." or ".." segment.
 bool NormalizationWouldChange(absl::string_view path);
 
+// 0-15 for a hex digit, -1 otherwise.
+int HexDigitValue(char c);
+
 // Percent-decodes once; invalid escapes are kept as they are.
 std::string PercentDecode(absl::string_view text);
 
