@@ -256,6 +256,10 @@ absl::StatusOr<json> ParseDocument(absl::string_view text) {
   if (text[first] == '{' || text[first] == '[') {
     try {
       return json::parse(text.begin(), text.end());
+    } catch (const json::out_of_range& e) {
+      // A number too large for a double, such as 1e999.
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid JSON: ", e.what()));
     } catch (const json::parse_error& e) {
       // nlohmann's message repeats the byte offset; give line and column.
       std::string what = e.what();

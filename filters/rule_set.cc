@@ -192,7 +192,13 @@ LoadResult RuleSet::Parse(absl::string_view text,
             {Severity::kError, RuleListName(list), rule.index, error});
       }
     }
-    if (!compiled.paths->Compile()) compiled.paths.reset();
+    if (compiled.paths->Compile()) {
+      // Build the DFA's start states now, not on the first request.
+      std::vector<int> ignored;
+      compiled.paths->Match("/", &ignored);
+    } else {
+      compiled.paths.reset();
+    }
   }
 
   if (HasErrors(result.diagnostics)) return result;

@@ -7,11 +7,14 @@
 #
 # Exits non-zero when a fuzzer finds a crash, a sanitizer report, a broken
 # invariant, a timeout or an out-of-memory; the input is saved under
-# build-fuzz/artifacts/<target>/ (copy it to fuzz/regressions/ and reproduce
-# with: build-fuzz/fuzz/<target> <file>). Works from any directory.
+# build-fuzz/artifacts/<target>/, which each run empties first (copy it to
+# fuzz/regressions/; reproduce with build-fuzz/fuzz/<target> <file>). Works
+# from any directory.
 #
 # Environment: BUILD_DIR (default build-fuzz, relative to the repository
-# root), JOBS (parallel build jobs, default: nproc).
+# root), JOBS (parallel build jobs, default: nproc), FUZZ_ARGS (extra
+# libFuzzer flags, e.g. "-fork=1 -ignore_crashes=1" to keep fuzzing past a
+# known crash and collect every distinct one).
 set -euo pipefail
 
 seconds="${1:-30}"
@@ -41,9 +44,11 @@ for target in "${targets[@]}"; do
   corpus="${build_dir}/corpus/${name}"
   artifacts="${build_dir}/artifacts/${target}"
   log="${build_dir}/logs/${target}.log"
-  rm -rf "${corpus}"
+  rm -rf "${corpus}" "${artifacts}"
   mkdir -p "${corpus}" "${artifacts}" "$(dirname "${log}")"
   cp -R "fuzz/corpus/${name}/." "${corpus}/"
+  # Every crash found so far is replayed first.
+  find fuzz/regressions -name "${name}-*" -exec cp {} "${corpus}/" \;
 
   echo
   echo "== ${target}: ${seconds}s on a copy of fuzz/corpus/${name} =="
@@ -52,8 +57,13 @@ for target in "${targets[@]}"; do
     -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 \
     -max_len=1048576 -print_final_stats=1 \
     -dict="fuzz/${name}.dict" \
-    -artifact_prefix="${artifacts}/" \
+    -artifact_prefix="${artifacts}/" ${FUZZ_ARGS:-} \
     "${corpus}" >"${log}" 2>&1 || status=$?
+  # With -ignore_crashes (FUZZ_ARGS) libFuzzer exits 0 after a crash: an
+  # artifact is what tells.
+  if (( status == 0 )) && [[ -n "$(ls -A "${artifacts}")" ]]; then
+    status=1
+  fi
   if (( status == 0 )); then
     grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' \
       "${log}" || true

@@ -33,8 +33,9 @@ bool ReadFile(const std::string& path, std::string* out) {
   return true;
 }
 
+// One line, as for every other unusable input.
 int Usage(std::ostream& err, absl::string_view problem) {
-  err << "broker-filter: " << problem << "\n" << kUsage;
+  err << "broker-filter: " << problem << " (see broker-filter --help)\n";
   return kExitUsage;
 }
 

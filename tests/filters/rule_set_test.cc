@@ -1220,5 +1220,20 @@ TEST(RuleSetTest, SourceRoundTripsTheRules) {
   EXPECT_EQ(again->rules(kPrivate).size(), rules->rules(kPrivate).size());
 }
 
+// Found by rule_loader_fuzz
+// (fuzz/regressions/rule_loader-json-number-overflow.json).
+TEST(RuleSetTest, NumberTooLargeIsALoadError) {
+  for (
+      absl::string_view text :
+      {R"({"private": [1e999]})",
+       R"({"public": [{"path": "/w", "valid": [{"path": "a", "value": -1e999}]}]})"}) {
+    const LoadResult result = RuleSet::Parse(text, "accept.json");
+    EXPECT_EQ(result.rule_set, nullptr) << text;
+    ASSERT_FALSE(result.diagnostics.empty()) << text;
+    EXPECT_THAT(result.diagnostics.front().message,
+                ::testing::HasSubstr("number overflow"));
+  }
+}
+
 }  // namespace
 }  // namespace broker::filters
