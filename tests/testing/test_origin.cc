@@ -1,0 +1,705 @@
+#include "tests/testing/test_origin.h"
+
+#include "common/status.h"
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/ssl/context.hpp"
+#include "boost/asio/ssl/stream.hpp"
+#include "boost/asio/steady_timer.hpp"
+#include "boost/asio/strand.hpp"
+#include "boost/asio/write.hpp"
+#include "boost/beast/core/flat_buffer.hpp"
+#include "boost/beast/core/stream_traits.hpp"
+#include "boost/beast/core/tcp_stream.hpp"
+#include "boost/beast/http/buffer_body.hpp"
+#include "boost/beast/http/message.hpp"
+#include "boost/beast/http/parser.hpp"
+#include "boost/beast/http/read.hpp"
+#include "boost/beast/http/serializer.hpp"
+#include "boost/beast/http/string_body.hpp"
+#include "boost/beast/http/write.hpp"
+#include "nlohmann/json.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace broker::testing {
+namespace {
+
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+
+constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
+constexpr std::chrono::milliseconds kSlowTick(50);
+
+std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
+absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
+
+// The value of `name` in "a=1&b=2" (no percent-decoding: tests only).
+std::optional<std::string> QueryParam(absl::string_view query,
+                                      absl::string_view name) {
+  for (absl::string_view pair : absl::StrSplit(query, '&')) {
+    const std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(pair, absl::MaxSplits('=', 1));
+    if (kv.first == name) return std::string(kv.second);
+  }
+  return std::nullopt;
+}
+
+// "<prefix><n>" -> n.
+std::optional<std::uint64_t> NumberAfter(absl::string_view path,
+                                         absl::string_view prefix) {
+  std::uint64_t n = 0;
+  if (!absl::ConsumePrefix(&path, prefix) || !absl::SimpleAtoi(path, &n)) {
+    return std::nullopt;
+  }
+  return n;
+}
+
+}  // namespace
+
+class TestOrigin::Impl {
+ public:
+  explicit Impl(TestOriginOptions options) : options_(std::move(options)) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  ~Impl() {
+    io_.stop();
+    for (std::thread& thread : threads_) thread.join();
+    beast::error_code ignored;
+    acceptor_.close(ignored);
+    // Members after this point go first: the acceptor, then the io_context,
+    // which destroys the sessions still in its queue.
+  }
+
+  [[nodiscard]] absl::Status Listen();
+  void Run();
+  int port() const { return port_; }
+  bool tls() const { return tls_.has_value(); }
+
+  void CountRequest() { requests_.fetch_add(1); }
+  const TestOriginOptions& options() const { return options_; }
+  void CountBodyBytes(std::size_t n) { body_bytes_.fetch_add(n); }
+  std::uint64_t request_count() const { return requests_.load(); }
+  std::uint64_t body_bytes_received() const { return body_bytes_.load(); }
+
+  void ConnectionOpened() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    ++connections_;
+  }
+  void ConnectionClosed() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    --connections_;
+  }
+  int open_connections() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return connections_;
+  }
+  bool WaitForNoConnections(absl::Duration timeout) const
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(this, &Impl::NoConnections),
+                                timeout);
+  }
+
+ private:
+  bool NoConnections() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return connections_ == 0;
+  }
+  void Accept();
+
+  const TestOriginOptions options_;
+  std::atomic<std::uint64_t> requests_{0};
+  std::atomic<std::uint64_t> body_bytes_{0};
+  mutable absl::Mutex mu_;
+  int connections_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<ssl::context> tls_;
+  // Sessions refer to everything above; they die with io_.
+  net::io_context io_;
+  tcp::acceptor acceptor_{io_};
+  std::vector<std::thread> threads_;
+  int port_ = 0;
+};
+
+namespace {
+
+// One connection. Every handler runs on the connection's strand (the
+// executor of its socket); the session owns itself through the pending
+// operations.
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+ public:
+  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
+  template <typename... Args>
+  explicit Session(TestOrigin::Impl& origin, Args&&... args)
+      : origin_(origin),
+        stream_(std::forward<Args>(args)...),
+        timer_(stream_.get_executor()) {
+    origin_.ConnectionOpened();
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session() { origin_.ConnectionClosed(); }
+
+  void Start() {
+    if constexpr (kTls) {
+      stream_.async_handshake(
+          ssl::stream_base::server,
+          [self = this->shared_from_this()](const beast::error_code& ec) {
+            if (ec) {
+              self->Close();
+              return;
+            }
+            self->ReadRequest();
+          });
+    } else {
+      ReadRequest();
+    }
+  }
+
+ private:
+  using Then = std::function<void()>;
+  // How a streamed body ends.
+  enum class Framing { kLength, kChunked, kClose };
+  using ChunkHandler =
+      std::function<void(beast::error_code, absl::string_view, bool)>;
+
+  void Close() {
+    beast::error_code ignored;
+    auto& tcp_layer = beast::get_lowest_layer(stream_);
+    tcp_layer.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    tcp_layer.close();
+  }
+
+  void ReadRequest() {
+    // Beast reads max(512, free capacity) bytes at a time: without room,
+    // a body arrives in 512-byte reads.
+    buffer_.reserve(kChunkBytes);
+    parser_.emplace();
+    parser_->header_limit(64 * 1024);
+    // No limit. Not boost::none: Beast 1.74 compares `len > optional` in
+    // basic_parser.ipp, which is true for none.
+    parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+    sha_ = Sha256();
+    request_body_bytes_ = 0;
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = this->shared_from_this()](
+                                 const beast::error_code& ec, std::size_t) {
+                               if (ec) {
+                                 self->Close();
+                                 return;
+                               }
+                               self->OnRequest();
+                             });
+  }
+
+  void OnRequest() {
+    origin_.CountRequest();
+    const auto& request = parser_->get();
+    keep_alive_ = request.keep_alive();
+    head_ = request.method() == bhttp::verb::head;
+    const absl::string_view target = ToAbsl(request.target());
+    const std::size_t question = target.find('?');
+    path_ = std::string(target.substr(0, question));
+    query_ = question == absl::string_view::npos
+                 ? std::string()
+                 : std::string(target.substr(question + 1));
+    if (origin_.options().on_request) {
+      origin_.options().on_request(ToAbsl(request.method_string()), target);
+    }
+    auto self = this->shared_from_this();
+    if (absl::EqualsIgnoreCase(ToAbsl(request[bhttp::field::expect]),
+                               "100-continue")) {
+      out_ = "HTTP/1.1 100 Continue\r\n\r\n";
+      net::async_write(stream_, net::buffer(out_),
+                       [self](const beast::error_code& ec, std::size_t) {
+                         if (ec) {
+                           self->Close();
+                           return;
+                         }
+                         self->Route();
+                       });
+      return;
+    }
+    Route();
+  }
+
+  void Route() {
+    const bool chunked = QueryParam(query_, "chunked") == "1";
+    auto self = this->shared_from_this();
+
+    if (path_ == "/echo-body") {
+      EchoBody();
+    } else if (path_ == "/echo") {
+      DrainBody([self] { self->RespondEcho(); });
+    } else if (path_ == "/headers") {
+      DrainBody([self] {
+        self->RespondSimple(
+            200, "application/json",
+            self->HeadersJson().dump(-1, ' ', false,
+                                     nlohmann::json::error_handler_t::replace));
+      });
+    } else if (auto n = NumberAfter(path_, "/bytes/")) {
+      const Framing framing = chunked ? Framing::kChunked
+                              : QueryParam(query_, "close") == "1"
+                                  ? Framing::kClose
+                                  : Framing::kLength;
+      DrainBody([self, n = *n, framing] { self->StreamBytes(n, framing); });
+    } else if (auto ms = NumberAfter(path_, "/slow/")) {
+      DrainBody([self, ms = *ms] {
+        self->timer_.expires_after(std::chrono::milliseconds(ms));
+        self->timer_.async_wait([self](const beast::error_code& ec) {
+          if (ec) return;
+          self->RespondSimple(200, "text/plain", "slow");
+        });
+      });
+    } else if (auto slow = NumberAfter(path_, "/slow-body/")) {
+      std::uint64_t rate = 1000;
+      if (auto r = QueryParam(query_, "rate")) {
+        if (!absl::SimpleAtoi(*r, &rate) || rate == 0) rate = 1000;
+      }
+      DrainBody([self, n = *slow, rate] { self->SlowBody(n, rate); });
+    } else if (auto code = NumberAfter(path_, "/status/");
+               code.has_value() && *code >= 100 && *code <= 999) {
+      DrainBody([self, code = static_cast<unsigned>(*code)] {
+        self->RespondSimple(code, "text/plain", absl::StrCat("status ", code));
+      });
+    } else if (auto die = NumberAfter(path_, "/die-mid-body/")) {
+      DrainBody([self, n = *die, chunked] { self->DieMidBody(n, chunked); });
+    } else if (path_ == "/bad-chunk") {
+      DrainBody([self] { self->BadChunk(); });
+    } else {
+      DrainBody([self] { self->RespondSimple(404, "text/plain", "no route"); });
+    }
+  }
+
+  // Reads the next piece of the request body into buf_.
+  void ReadChunk(ChunkHandler handler) {
+    if (parser_->is_done()) {
+      handler({}, {}, true);
+      return;
+    }
+    auto& body = parser_->get().body();
+    body.data = buf_.data();
+    body.size = buf_.size();
+    bhttp::async_read_some(
+        stream_, buffer_, *parser_,
+        [self = this->shared_from_this(), handler = std::move(handler)](
+            beast::error_code ec, std::size_t) {
+          if (ec == bhttp::error::need_buffer) ec = {};
+          const std::size_t n =
+              self->buf_.size() - self->parser_->get().body().size;
+          self->origin_.CountBodyBytes(n);
+          self->request_body_bytes_ += n;
+          handler(ec, absl::string_view(self->buf_.data(), n),
+                  !ec && self->parser_->is_done());
+        });
+  }
+
+  void DrainBody(Then then) {
+    ReadChunk([self = this->shared_from_this(), then = std::move(then)](
+                  beast::error_code ec, absl::string_view data, bool done) {
+      if (ec) {
+        self->Close();
+        return;
+      }
+      self->sha_.Update(data);
+      if (done) {
+        then();
+      } else {
+        self->DrainBody(then);
+      }
+    });
+  }
+
+  nlohmann::json HeadersJson() const {
+    nlohmann::json headers = nlohmann::json::object();
+    for (const auto& field : parser_->get()) {
+      const std::string name =
+          absl::AsciiStrToLower(ToAbsl(field.name_string()));
+      const std::string value(field.value());
+      if (headers.contains(name)) {
+        headers[name] =
+            absl::StrCat(headers[name].get<std::string>(), ", ", value);
+      } else {
+        headers[name] = value;
+      }
+    }
+    return headers;
+  }
+
+  void RespondEcho() {
+    nlohmann::json echo;
+    echo["method"] = std::string(parser_->get().method_string());
+    echo["path"] = path_;
+    echo["query"] = query_;
+    echo["headers"] = HeadersJson();
+    echo["body_sha256"] = sha_.HexDigest();
+    echo["body_bytes"] = request_body_bytes_;
+    RespondSimple(
+        200, "application/json",
+        echo.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
+
+  void RespondSimple(unsigned status, absl::string_view content_type,
+                     std::string body) {
+    simple_.emplace();
+    simple_->version(11);
+    simple_->result(status);
+    simple_->keep_alive(keep_alive_);
+    const bool no_body = status < 200 || status == 204 || status == 304;
+    if (!no_body) {
+      simple_->set(bhttp::field::content_type, ToStd(content_type));
+      simple_->body() = std::move(body);
+      simple_->prepare_payload();
+      // HEAD: the length of the body that a GET would get, and no body.
+      if (head_) simple_->body().clear();
+    }
+    bhttp::async_write(stream_, *simple_,
+                       [self = this->shared_from_this()](
+                           const beast::error_code& ec, std::size_t) {
+                         self->OnResponseDone(ec);
+                       });
+  }
+
+  void OnResponseDone(const beast::error_code& ec) {
+    if (ec || !keep_alive_) {
+      Close();
+      return;
+    }
+    ReadRequest();
+  }
+
+  // Streamed answers: StartStream() writes the head, WriteStream() each
+  // piece of the body.
+  // No `length`: chunked, or with kClose neither length nor chunks, and
+  // the body ends when the connection closes.
+  void StartStream(const std::string& content_type,
+                   std::optional<std::uint64_t> length, Then then,
+                   Framing framing = Framing::kChunked) {
+    serializer_.reset();
+    response_.emplace();
+    response_->version(11);
+    response_->result(bhttp::status::ok);
+    if (framing == Framing::kClose) keep_alive_ = false;
+    response_->keep_alive(keep_alive_);
+    if (!content_type.empty()) {
+      response_->set(bhttp::field::content_type, content_type);
+    }
+    if (length.has_value()) {
+      response_->content_length(*length);
+    } else if (framing == Framing::kChunked) {
+      response_->chunked(true);
+    }
+    response_->body().data = nullptr;
+    response_->body().size = 0;
+    response_->body().more = true;
+    serializer_.emplace(*response_);
+    bhttp::async_write_header(
+        stream_, *serializer_,
+        [self = this->shared_from_this(), then = std::move(then)](
+            const beast::error_code& ec, std::size_t) {
+          if (ec) {
+            self->Close();
+          } else if (self->head_) {
+            self->OnResponseDone(ec);
+          } else {
+            then();
+          }
+        });
+  }
+
+  void WriteStream(std::string data, bool last, Then then) {
+    out_ = std::move(data);
+    auto& body = response_->body();
+    body.data = out_.empty() ? nullptr : out_.data();
+    body.size = out_.size();
+    body.more = !last;
+    bhttp::async_write(
+        stream_, *serializer_,
+        [self = this->shared_from_this(), then = std::move(then)](
+            beast::error_code ec, std::size_t) {
+          if (ec == bhttp::error::need_buffer) ec = {};
+          if (ec) {
+            self->Close();
+            return;
+          }
+          then();
+        });
+  }
+
+  void StreamBytes(std::uint64_t n, Framing framing) {
+    offset_ = 0;
+    total_ = n;
+    StartStream(
+        "application/octet-stream",
+        framing == Framing::kLength ? std::optional<std::uint64_t>(n)
+                                    : std::nullopt,
+        [self = this->shared_from_this()] { self->WriteBytes(); }, framing);
+  }
+
+  void WriteBytes() {
+    const std::size_t len = static_cast<std::size_t>(
+        std::min<std::uint64_t>(kChunkBytes, total_ - offset_));
+    const bool last = offset_ + len == total_;
+    std::string data = TestPattern(offset_, len);
+    offset_ += len;
+    WriteStream(std::move(data), last, [self = this->shared_from_this(), last] {
+      if (last) {
+        self->OnResponseDone({});
+      } else {
+        self->WriteBytes();
+      }
+    });
+  }
+
+  void SlowBody(std::uint64_t n, std::uint64_t rate) {
+    offset_ = 0;
+    total_ = n;
+    // Bytes per tick, at least one.
+    step_ = std::max<std::uint64_t>(1, rate * kSlowTick.count() / 1000);
+    StartStream("application/octet-stream", n,
+                [self = this->shared_from_this()] { self->SlowTick(); });
+  }
+
+  void SlowTick() {
+    const std::size_t len =
+        static_cast<std::size_t>(std::min(step_, total_ - offset_));
+    const bool last = offset_ + len == total_;
+    std::string data = TestPattern(offset_, len);
+    offset_ += len;
+    WriteStream(std::move(data), last, [self = this->shared_from_this(), last] {
+      if (last) {
+        self->OnResponseDone({});
+        return;
+      }
+      self->timer_.expires_after(kSlowTick);
+      self->timer_.async_wait([self](const beast::error_code& ec) {
+        if (!ec) self->SlowTick();
+      });
+    });
+  }
+
+  void DieMidBody(std::uint64_t n, bool chunked) {
+    StartStream("application/octet-stream",
+                chunked ? std::nullopt : std::optional<std::uint64_t>(n),
+                [self = this->shared_from_this(), n] {
+                  self->WriteStream(
+                      TestPattern(0, static_cast<std::size_t>(n / 2)), false,
+                      [self] { self->Close(); });
+                });
+  }
+
+  void BadChunk() {
+    out_ =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\nzz\r\nnot a chunk\r\n";
+    net::async_write(
+        stream_, net::buffer(out_),
+        [self = this->shared_from_this()](const beast::error_code&,
+                                          std::size_t) { self->Close(); });
+  }
+
+  void EchoBody() {
+    const auto& request = parser_->get();
+    std::optional<std::uint64_t> length;
+    if (!parser_->chunked()) length = parser_->content_length().value_or(0);
+    StartStream(std::string(request[bhttp::field::content_type]), length,
+                [self = this->shared_from_this()] { self->EchoNext(); });
+  }
+
+  void EchoNext() {
+    ReadChunk([self = this->shared_from_this()](
+                  beast::error_code ec, absl::string_view data, bool done) {
+      if (ec) {
+        self->Close();
+        return;
+      }
+      self->WriteStream(std::string(data), done, [self, done] {
+        if (done) {
+          self->OnResponseDone({});
+        } else {
+          self->EchoNext();
+        }
+      });
+    });
+  }
+
+  TestOrigin::Impl& origin_;
+  Stream stream_;
+  net::steady_timer timer_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::buffer_body>> parser_;
+  std::array<char, kChunkBytes> buf_{};
+  Sha256 sha_;
+  std::uint64_t request_body_bytes_ = 0;
+  std::string path_;
+  std::string query_;
+  bool keep_alive_ = true;
+  bool head_ = false;
+
+  std::optional<bhttp::response<bhttp::string_body>> simple_;
+  std::optional<bhttp::response_serializer<bhttp::buffer_body>> serializer_;
+  std::optional<bhttp::response<bhttp::buffer_body>> response_;
+  std::string out_;
+  std::uint64_t offset_ = 0;
+  std::uint64_t total_ = 0;
+  std::uint64_t step_ = 1;
+};
+
+}  // namespace
+
+absl::Status TestOrigin::Impl::Listen() {
+  beast::error_code ec;
+  if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
+    tls_.emplace(ssl::context::tls_server);
+    tls_->use_certificate_chain_file(options_.tls_cert_file, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("test origin: certificate: ", ec.message()));
+    }
+    tls_->use_private_key_file(options_.tls_key_file, ssl::context::pem, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("test origin: key: ", ec.message()));
+    }
+  }
+  const net::ip::address address = net::ip::make_address(options_.address, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("test origin: address: ", ec.message()));
+  }
+  const tcp::endpoint endpoint(address,
+                               static_cast<std::uint16_t>(options_.port));
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("test origin: listen on ", options_.address, ":",
+                     options_.port, ": ", ec.message()));
+  }
+  port_ = acceptor_.local_endpoint(ec).port();
+  if (ec) return absl::InternalError(ec.message());
+  return absl::OkStatus();
+}
+
+void TestOrigin::Impl::Run() {
+  Accept();
+  const int threads = std::max(1, options_.threads);
+  threads_.reserve(threads);
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] { io_.run(); });
+  }
+}
+
+void TestOrigin::Impl::Accept() {
+  acceptor_.async_accept(net::make_strand(io_), [this](beast::error_code ec,
+                                                       tcp::socket socket) {
+    if (ec == net::error::operation_aborted || !acceptor_.is_open()) {
+      return;
+    }
+    if (!ec) {
+      if (tls_.has_value()) {
+        std::make_shared<Session<ssl::stream<beast::tcp_stream>>>(
+            *this, std::move(socket), *tls_)
+            ->Start();
+      } else {
+        std::make_shared<Session<beast::tcp_stream>>(*this, std::move(socket))
+            ->Start();
+      }
+    }
+    Accept();
+  });
+}
+
+absl::StatusOr<std::unique_ptr<TestOrigin>> TestOrigin::Start(
+    TestOriginOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  BROKER_RETURN_IF_ERROR(impl->Listen());
+  impl->Run();
+  return std::unique_ptr<TestOrigin>(new TestOrigin(std::move(impl)));
+}
+
+TestOrigin::TestOrigin(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TestOrigin::~TestOrigin() = default;
+
+int TestOrigin::port() const { return impl_->port(); }
+
+std::string TestOrigin::Url(absl::string_view path) const {
+  return absl::StrCat(impl_->tls() ? "https" : "http",
+                      "://127.0.0.1:", impl_->port(), path);
+}
+
+std::uint64_t TestOrigin::request_count() const {
+  return impl_->request_count();
+}
+
+std::uint64_t TestOrigin::body_bytes_received() const {
+  return impl_->body_bytes_received();
+}
+
+int TestOrigin::open_connections() const { return impl_->open_connections(); }
+
+bool TestOrigin::WaitForNoConnections(absl::Duration timeout) const {
+  return impl_->WaitForNoConnections(timeout);
+}
+
+std::string TestPattern(std::uint64_t offset, std::size_t n) {
+  std::string out(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) {
+    // The top byte of a multiplicative hash of the position.
+    const std::uint64_t x = (offset + i) * 0x9E3779B97F4A7C15ULL;
+    out[i] = static_cast<char>(x >> 56);
+  }
+  return out;
+}
+
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  BROKER_CHECK(ctx_ != nullptr);
+  BROKER_CHECK(EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1);
+}
+
+void Sha256::Update(absl::string_view data) {
+  BROKER_CHECK(EVP_DigestUpdate(ctx_.get(), data.data(), data.size()) == 1);
+}
+
+std::string Sha256::HexDigest() {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int size = 0;
+  BROKER_CHECK(EVP_DigestFinal_ex(ctx_.get(), digest.data(), &size) == 1);
+  BROKER_CHECK(EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(std::size_t{size} * 2);
+  for (unsigned int i = 0; i < size; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 0xf]);
+  }
+  return out;
+}
+
+}  // namespace broker::testing

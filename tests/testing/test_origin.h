@@ -1,0 +1,104 @@
+#pragma once
+
+// A real HTTP/1.1 origin on loopback for tests (plain Boost.Beast, its own
+// io_context and thread pool), used by the HTTP client tests and, as the
+// `test-origin` binary, by the integration tests. Routes:
+//
+//   ANY /echo              200 JSON {"method","path","query","headers":{..},
+//                          "body_sha256","body_bytes"}; header names are
+//                          lower-cased, repeated headers joined with ", ".
+//   ANY /echo-body         the request body streamed back unchanged, with the
+//                          request's Content-Type (Content-Length when the
+//                          request had one, chunked otherwise).
+//   GET /bytes/<n>         n bytes of TestPattern(0, n), Content-Length;
+//                          ?chunked=1 sends them chunked, ?close=1 with
+//                          neither (the body ends when the connection does).
+//   GET /slow/<ms>         waits <ms> milliseconds, then 200 "slow".
+//   GET /slow-body/<n>?rate=<bytes per second>
+//                          Content-Length n, the body trickled at that rate.
+//   ANY /status/<code>     answers <code> (body "status <code>" unless the
+//                          code forbids a body).
+//   GET /die-mid-body/<n>  Content-Length n (or ?chunked=1), writes n/2
+//                          bytes, then closes the socket.
+//   GET /bad-chunk         a chunked body with a malformed chunk size.
+//   ANY /headers           200 JSON {name: value} of the request headers.
+//
+// Every route reads the whole request body first except /echo-body. HEAD
+// requests get the head only; "Expect: 100-continue" gets "100 Continue".
+// Connections are kept alive when the client asks for it.
+//
+// Threading: public methods may be called from any thread; requests are
+// served on the origin's own threads.
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "openssl/evp.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace broker::testing {
+
+struct TestOriginOptions {
+  std::string address = "127.0.0.1";
+  int port = 0;  // 0: any free port
+  int threads = 2;
+  // HTTPS when both are set (PEM files).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Called on an origin thread when a request head arrived (integration
+  // tests use it to know a request reached the origin).
+  std::function<void(absl::string_view method, absl::string_view target)>
+      on_request;
+};
+
+class TestOrigin {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<TestOrigin>> Start(
+      TestOriginOptions options);
+  TestOrigin(const TestOrigin&) = delete;
+  TestOrigin& operator=(const TestOrigin&) = delete;
+  // Stops serving; open connections are closed.
+  ~TestOrigin();
+
+  int port() const;
+  // "http://127.0.0.1:<port><path>" (https with TLS).
+  std::string Url(absl::string_view path) const;
+  // Request heads read so far, on every connection.
+  std::uint64_t request_count() const;
+  // Request body bytes read so far, on every connection.
+  std::uint64_t body_bytes_received() const;
+  // Connections accepted and not yet closed.
+  int open_connections() const;
+  // Waits until no connection is open; false on timeout.
+  [[nodiscard]] bool WaitForNoConnections(absl::Duration timeout) const;
+
+  class Impl;
+
+ private:
+  explicit TestOrigin(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The deterministic pseudo-random bytes [offset, offset + n) of /bytes.
+std::string TestPattern(std::uint64_t offset, std::size_t n);
+
+// Incremental SHA-256, as hex (what /echo reports).
+class Sha256 {
+ public:
+  Sha256();
+  void Update(absl::string_view data);
+  std::string HexDigest();
+
+ private:
+  struct Free {
+    void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+  };
+  std::unique_ptr<EVP_MD_CTX, Free> ctx_;
+};
+
+}  // namespace broker::testing
