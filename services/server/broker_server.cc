@@ -1,0 +1,355 @@
+#include "services/server/broker_server.h"
+
+#include "common/executor.h"
+#include "common/http/server.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/token.h"
+#include "filters/blocked.h"
+#include "filters/rule_set_holder.h"
+#include "services/server/relay.h"
+#include "services/server/tunnel_registry.h"
+#include "services/server/tunnel_service.h"
+
+#include "grpcpp/grpcpp.h"
+
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "nlohmann/json.hpp"
+
+#include <fstream>
+#include <sstream>
+
+namespace broker::server {
+namespace {
+
+namespace http = common::http;
+using nlohmann::json;
+
+// The request-id headers Snyk takes, in order.
+constexpr absl::string_view kRequestIdHeaders[] = {
+    "x-akamai-request-id", "x-request-id", "snyk-request-id",
+    "x-github-delivery", "x-gitlab-event-uuid"};
+
+bool IsUuid(absl::string_view s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (s[i] != '-') return false;
+    } else if (!absl::ascii_isxdigit(static_cast<unsigned char>(s[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string NewUuid() {
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* gen = new absl::BitGen();
+  uint64_t hi = 0;
+  uint64_t lo = 0;
+  {
+    absl::MutexLock lock(&mu);
+    hi = absl::Uniform<uint64_t>(*gen);
+    lo = absl::Uniform<uint64_t>(*gen);
+  }
+  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // variant
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
+                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
+                         lo & 0xFFFFFFFFFFFFULL);
+}
+
+std::string RequestIdOf(const http::RequestHead& request) {
+  for (absl::string_view name : kRequestIdHeaders) {
+    auto value = http::FindHeader(request.headers, name);
+    if (value && IsUuid(*value)) return std::string(*value);
+  }
+  return NewUuid();
+}
+
+// Removes every `connection_role` parameter from a query string.
+std::string StripConnectionRole(absl::string_view query) {
+  std::vector<absl::string_view> kept;
+  for (absl::string_view part : absl::StrSplit(query, '&')) {
+    if (part == "connection_role" ||
+        absl::StartsWith(part, "connection_role=")) {
+      continue;
+    }
+    kept.push_back(part);
+  }
+  return absl::StrJoin(kept, "&");
+}
+
+void RespondJson(http::Exchange& exchange, int status, const json& body,
+                 http::Headers extra = {}) {
+  extra.push_back({"content-type", "application/json; charset=utf-8"});
+  exchange.RespondSimple(
+      status, std::move(extra),
+      body.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// How long a request waits for a parked lane when all are busy.
+constexpr absl::Duration kLaneWait = absl::Seconds(2);
+
+class DefaultBrokerServer final : public BrokerServer {
+ public:
+  DefaultBrokerServer(ServerConfig config,
+                      std::shared_ptr<const filters::RuleSet> rules)
+      : config_(std::move(config)),
+        executor_(config_.io_threads),
+        rules_(std::move(rules)),
+        tunnel_service_(registry_) {}
+
+  absl::StatusOr<BoundPorts> Start() override {
+    BoundPorts ports;
+    grpc::ServerBuilder builder;
+    std::shared_ptr<grpc::ServerCredentials> credentials =
+        grpc::InsecureServerCredentials();
+    if (!config_.tls_cert_file.empty()) {
+      grpc::SslServerCredentialsOptions options;
+      options.pem_key_cert_pairs.push_back(
+          {ReadFile(config_.tls_key_file), ReadFile(config_.tls_cert_file)});
+      credentials = grpc::SslServerCredentials(options);
+    }
+    builder.AddListeningPort(
+        absl::StrCat(config_.address, ":", config_.tunnel_port), credentials,
+        &ports.tunnel);
+    builder.RegisterService(&tunnel_service_);
+    // Explicit limits: Debian's gRPC 1.51 has no HTTP/2 DoS backports.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1100);
+    builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
+    builder.SetMaxReceiveMessageSize(1 << 20);
+    builder.SetMaxSendMessageSize(1 << 20);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(
+        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    grpc_server_ = builder.BuildAndStart();
+    if (grpc_server_ == nullptr || ports.tunnel == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for tunnels on ", config_.address, ":",
+                       config_.tunnel_port));
+    }
+
+    http::ServerOptions options;
+    options.address = config_.address;
+    options.port = config_.http_port;
+    options.limits.max_body_bytes = config_.max_body_bytes;
+    options.tls_cert_file = config_.tls_cert_file;
+    options.tls_key_file = config_.tls_key_file;
+    BROKER_ASSIGN_OR_RETURN(
+        http_server_,
+        http::Server::Create(executor_.io(), options,
+                             [this](std::shared_ptr<http::Exchange> exchange) {
+                               Route(std::move(exchange));
+                             }));
+    BROKER_ASSIGN_OR_RETURN(ports.http, http_server_->Start());
+    return ports;
+  }
+
+  ~DefaultBrokerServer() override { Shutdown(absl::Now()); }
+
+  // Idempotent. The executor stops last: reactors and timers refer to the
+  // registry, which must outlive them.
+  void Shutdown(absl::Time deadline) override {
+    if (http_server_) http_server_->Shutdown(deadline);
+    if (grpc_server_) {
+      grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+      grpc_server_->Wait();
+      grpc_server_.reset();
+    }
+    executor_.Stop();
+  }
+
+ private:
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+
+  void Route(std::shared_ptr<http::Exchange> exchange) {
+    const http::RequestHead& request = exchange->request();
+    absl::string_view target = request.target;
+    absl::string_view path = target.substr(0, target.find('?'));
+    if (absl::StartsWith(path, "/broker/")) {
+      Relay(std::move(exchange));
+      return;
+    }
+    if (request.method != "GET" && request.method != "HEAD") {
+      RespondJson(*exchange, 404, {{"ok", false}});
+      return;
+    }
+    if (path == "/healthcheck" || path == "/") {
+      RespondJson(*exchange, 200, {{"ok", true}, {"version", config_.version}});
+      return;
+    }
+    if (absl::StartsWith(path, "/connection-status/")) {
+      ConnectionStatus(*exchange, path.substr(19));
+      return;
+    }
+    if (path == "/connections-status") {
+      ConnectionsStatus(*exchange);
+      return;
+    }
+    RespondJson(*exchange, 404, {{"ok", false}});
+  }
+
+  void ConnectionStatus(http::Exchange& exchange, absl::string_view rest) {
+    absl::string_view token = rest.substr(0, rest.find('/'));
+    auto workers = registry_.Workers(common::HashToken(token));
+    if (workers.empty()) {
+      RespondJson(exchange, 404, {{"ok", false}},
+                  {{"x-broker-failure", "no-connection"}});
+      return;
+    }
+    json clients = json::array();
+    for (const auto& worker : workers) {
+      clients.push_back(
+          {{"version", worker.version}, {"rulesDigest", worker.rules_digest}});
+    }
+    RespondJson(exchange, 200, {{"ok", true}, {"clients", clients}});
+  }
+
+  void ConnectionsStatus(http::Exchange& exchange) {
+    json out = json::array();
+    for (const auto& [hash, workers] : registry_.Snapshot()) {
+      json versions = json::array();
+      json ids = json::array();
+      std::string masked;
+      for (const auto& worker : workers) {
+        versions.push_back(worker.version);
+        ids.push_back(worker.client_id);
+        masked = worker.masked_token;
+      }
+      out.push_back({{"identifier", masked},
+                     {"hashedIdentifier", hash},
+                     {"versions", versions},
+                     {"brokerClientIds", ids}});
+    }
+    RespondJson(exchange, 200, out);
+  }
+
+  void Relay(std::shared_ptr<http::Exchange> exchange) {
+    const http::RequestHead& request = exchange->request();
+    absl::string_view target = request.target;
+    absl::string_view rest = target.substr(8);  // after "/broker/"
+    size_t slash = rest.find('/');
+    size_t question = rest.find('?');
+    if (slash == absl::string_view::npos || (question < slash)) {
+      RespondJson(*exchange, 404, {{"ok", false}});
+      return;
+    }
+    const std::string token_hash = common::HashToken(rest.substr(0, slash));
+    std::string url(rest.substr(slash));
+    http::Headers headers;
+    // "/ctx/<uuid>" becomes the x-snyk-broker-context-id header.
+    if (absl::StartsWith(url, "/ctx/") && url.size() >= 5 + 36 &&
+        IsUuid(absl::string_view(url).substr(5, 36)) &&
+        (url.size() == 41 || url[41] == '/' || url[41] == '?')) {
+      headers.push_back({"x-snyk-broker-context-id", url.substr(5, 36)});
+      url.erase(0, 41);
+      if (url.empty() || url[0] != '/') url.insert(0, "/");
+    }
+    size_t q = url.find('?');
+    if (q != std::string::npos) {
+      std::string query =
+          StripConnectionRole(absl::string_view(url).substr(q + 1));
+      url.resize(q);
+      if (!query.empty()) absl::StrAppend(&url, "?", query);
+    }
+    const std::string request_id = RequestIdOf(request);
+    http::Headers reply_headers = {{"snyk-request-id", request_id}};
+
+    if (!registry_.HasWorkers(token_hash)) {
+      reply_headers.push_back({"x-broker-failure", "no-connection"});
+      RespondJson(*exchange, 404, {{"ok", false}}, std::move(reply_headers));
+      return;
+    }
+    std::vector<filters::HeaderField> fields;
+    fields.reserve(request.headers.size());
+    for (const http::Header& h : request.headers) {
+      fields.push_back({h.name, h.value});
+    }
+    filters::Decision decision =
+        rules_->Evaluate(filters::RuleList::kPublic,
+                         filters::RequestView{request.method, url, fields, ""});
+    if (!decision.allowed()) {
+      exchange->RespondSimple(
+          filters::kBlockedStatus,
+          {{"content-type", "application/json; charset=utf-8"},
+           {"snyk-request-id", request_id}},
+          filters::BlockedBody(
+              filters::BlockedReason(filters::BlockedFlow::kHttp, decision),
+              url));
+      return;
+    }
+    for (const http::Header& h : request.headers) {
+      if (IsHopByHopHeader(h.name)) continue;
+      headers.push_back(h);
+    }
+    headers.push_back({"snyk-request-id", request_id});
+    RelayRequest relay{token_hash, request_id, std::move(url),
+                       std::move(headers),
+                       absl::Now() + config_.request_timeout};
+    // All lanes busy (a burst, or a worker still opening them): wait a
+    // little for one rather than failing at once.
+    registry_.TakeOrWait(
+        executor_.io(), token_hash, kLaneWait,
+        [this, exchange, relay = std::move(relay)](
+            std::optional<TunnelRegistry::Taken> lane) mutable {
+          if (!lane) {
+            RespondJson(*exchange, 503, {{"ok", false}},
+                        {{"snyk-request-id", relay.request_id},
+                         {"x-broker-failure", "connection-not-ready"},
+                         {"retry-after", "1"}});
+            return;
+          }
+          StartRelay(executor_.io(), registry_, *std::move(lane),
+                     std::move(exchange), std::move(relay));
+        });
+  }
+
+  const ServerConfig config_;
+  common::Executor executor_;
+  std::shared_ptr<const filters::RuleSet> rules_;
+  TunnelRegistry registry_;
+  TunnelService tunnel_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<http::Server> http_server_;
+};
+
+}  // namespace
+
+absl::Status Validate(const ServerConfig& config) {
+  if (config.accept_path.empty()) {
+    return absl::InvalidArgumentError(
+        "ACCEPT is required: the server's accept rules (public rules filter "
+        "platform requests)");
+  }
+  if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "HTTPS_CERT and HTTPS_KEY must be set together");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BrokerServer>> BrokerServer::Create(
+    ServerConfig config) {
+  BROKER_RETURN_IF_ERROR(Validate(config));
+  BROKER_ASSIGN_OR_RETURN(auto rules,
+                          filters::RuleSet::FromFile(config.accept_path));
+  return std::make_unique<DefaultBrokerServer>(std::move(config),
+                                               std::move(rules));
+}
+
+}  // namespace broker::server

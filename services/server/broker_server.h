@@ -1,0 +1,46 @@
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace broker::server {
+
+// Everything broker-server needs, typed. main() builds it from the
+// environment (PORT, BROKER_TUNNEL_PORT, ACCEPT, HTTPS_CERT, HTTPS_KEY, ...).
+struct ServerConfig {
+  std::string address = "0.0.0.0";
+  int http_port = 7341;       // PORT: the platform's HTTP ingress
+  int tunnel_port = 7342;     // BROKER_TUNNEL_PORT: workers' gRPC tunnels
+  std::string accept_path;    // ACCEPT: public rules filter platform requests
+  std::string tls_cert_file;  // HTTPS_CERT: TLS on both listeners when set
+  std::string tls_key_file;   // HTTPS_KEY
+  absl::Duration request_timeout = absl::Minutes(10);
+  // BROKER_MAX_BODY_BYTES: bodies stream, so this only bounds abuse.
+  std::uint64_t max_body_bytes = 2ULL << 30;
+  int io_threads = 2;
+  std::string version = "0.1.0";
+};
+
+[[nodiscard]] absl::Status Validate(const ServerConfig& config);
+
+struct BoundPorts {
+  int http = 0;
+  int tunnel = 0;
+};
+
+// The Snyk-side server: platform HTTP ingress + gRPC tunnel endpoint.
+class BrokerServer {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<BrokerServer>> Create(
+      ServerConfig config);
+  virtual ~BrokerServer() = default;
+  [[nodiscard]] virtual absl::StatusOr<BoundPorts> Start() = 0;
+  // Stops accepting, lets in-flight requests finish until `deadline`.
+  virtual void Shutdown(absl::Time deadline) = 0;
+};
+
+}  // namespace broker::server

@@ -1,0 +1,70 @@
+// broker-server: the platform-side server. main() reads the environment,
+// builds the typed config, runs until SIGTERM/SIGINT, then drains.
+
+#include "common/env_config.h"
+#include "common/logging.h"
+#include "common/signals.h"
+#include "services/server/broker_server.h"
+
+#include "absl/strings/numbers.h"
+
+#include <iostream>
+#include <string>
+
+extern char** environ;
+
+int main(int argc, char** argv) {
+  broker::common::BlockTerminationSignals();
+  if (argc > 1 && std::string(argv[1]) == "--help") {
+    std::cout
+        << "broker-server: the platform-side broker server.\n"
+           "Environment:\n"
+           "  PORT                  platform HTTP ingress (default 7341)\n"
+           "  BROKER_TUNNEL_PORT    gRPC tunnel endpoint for workers "
+           "(default 7342)\n"
+           "  ACCEPT                accept rules file; its public rules filter "
+           "platform requests (required)\n"
+           "  HTTPS_CERT, HTTPS_KEY TLS on both listeners when set (PEM "
+           "files)\n"
+           "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
+           "(default 600000)\n"
+           "  BROKER_MAX_BODY_BYTES body limit of a platform request "
+           "(default 2 GiB; over -> 413)\n"
+           "  LOG_LEVEL             debug|info|warn|error (default info)\n";
+    return 0;
+  }
+  broker::common::EnvReader env = broker::common::EnvReader::FromEnviron();
+  auto fail = [](const absl::Status& status) {
+    std::cerr << "broker-server: " << status.message() << "\n";
+    return 2;
+  };
+  broker::server::ServerConfig config;
+  auto port = env.Port("PORT", 7341, broker::common::PortZero::kAllowed);
+  if (!port.ok()) return fail(port.status());
+  config.http_port = *port;
+  auto tunnel_port =
+      env.Port("BROKER_TUNNEL_PORT", 7342, broker::common::PortZero::kAllowed);
+  if (!tunnel_port.ok()) return fail(tunnel_port.status());
+  config.tunnel_port = *tunnel_port;
+  auto accept = env.Required("ACCEPT");
+  if (!accept.ok()) return fail(accept.status());
+  config.accept_path = *accept;
+  config.tls_cert_file = env.Optional("HTTPS_CERT", "");
+  config.tls_key_file = env.Optional("HTTPS_KEY", "");
+  auto timeout = env.DurationMs("BROKER_REQUEST_TIMEOUT_MS", absl::Minutes(10));
+  if (!timeout.ok()) return fail(timeout.status());
+  config.request_timeout = *timeout;
+  absl::Status logging =
+      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  if (!logging.ok()) return fail(logging);
+
+  auto server = broker::server::BrokerServer::Create(std::move(config));
+  if (!server.ok()) return fail(server.status());
+  auto ports = (*server)->Start();
+  if (!ports.ok()) return fail(ports.status());
+  std::cout << "{\"msg\":\"broker-server listening\",\"port\":" << ports->http
+            << ",\"tunnel_port\":" << ports->tunnel << "}" << std::endl;
+  broker::common::WaitForTerminationSignal();
+  (*server)->Shutdown(absl::Now() + absl::Seconds(30));
+  return 0;
+}

@@ -1,0 +1,287 @@
+#include "services/server/relay.h"
+
+#include "common/logging.h"
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/steady_timer.hpp"
+
+#include <optional>
+
+namespace broker::server {
+namespace {
+
+namespace http = common::http;
+using tunnel::v1::ServeDown;
+using tunnel::v1::ServeUp;
+
+http::Headers ToHttpHeaders(
+    const google::protobuf::RepeatedPtrField<tunnel::v1::Header>& headers) {
+  http::Headers out;
+  out.reserve(headers.size());
+  for (const tunnel::v1::Header& h : headers) {
+    if (IsHopByHopHeader(h.name())) continue;
+    out.push_back({h.name(), h.value()});
+  }
+  return out;
+}
+
+class RelayCall final : public LaneListener,
+                        public std::enable_shared_from_this<RelayCall> {
+ public:
+  RelayCall(boost::asio::io_context& io, TunnelRegistry& registry,
+            TunnelRegistry::Taken taken,
+            std::shared_ptr<http::Exchange> exchange, RelayRequest request)
+      : registry_(registry),
+        lane_(std::move(taken.lane)),
+        client_id_(std::move(taken.client_id)),
+        exchange_(std::move(exchange)),
+        request_(std::move(request)),
+        timer_(io) {}
+
+  void Start() {
+    auto self = shared_from_this();
+    lane_->Attach(self);
+    exchange_->OnCancel([self] {
+      self->lane_->Close(absl::CancelledError("the platform went away"));
+    });
+    const absl::Duration left = request_.deadline - absl::Now();
+    timer_.expires_after(
+        absl::ToChronoMilliseconds(std::max(left, absl::ZeroDuration())));
+    timer_.async_wait([self](boost::system::error_code ec) {
+      if (ec) return;  // cancelled: the relay ended first
+      self->lane_->Close(
+          absl::DeadlineExceededError("the request's deadline passed"));
+    });
+
+    ServeDown head;
+    tunnel::v1::RequestHead* h = head.mutable_head();
+    h->set_request_id(request_.request_id);
+    h->set_method(exchange_->request().method);
+    h->set_url(request_.url);
+    for (const http::Header& header : request_.headers) {
+      tunnel::v1::Header* out = h->add_headers();
+      out->set_name(header.name);
+      out->set_value(header.value);
+    }
+    h->set_deadline_unix_micros(absl::ToUnixMicros(request_.deadline));
+    const auto& length = exchange_->request().content_length;
+    h->set_body_length(length ? static_cast<int64_t>(*length)
+                              : (exchange_->request().chunked ? -1 : 0));
+    lane_->Send(std::move(head));
+  }
+
+  // Up: platform body -> worker, one chunk in flight. Called after the
+  // head and after each chunk was sent.
+  void OnSent(bool ok) override {
+    if (!ok) {
+      Fail(absl::UnavailableError("the tunnel broke while sending"));
+      return;
+    }
+    if (up_ == Up::kEndSent) return;
+    if (up_ == Up::kLastChunkSent) {
+      up_ = Up::kEndSent;
+      ServeDown end;
+      end.mutable_end();
+      lane_->Send(std::move(end));
+      return;
+    }
+    ReadUp();
+  }
+
+  void ReadUp() {
+    auto self = shared_from_this();
+    exchange_->body().Read(
+        [self](const absl::Status& status, http::BodyChunk chunk) {
+          if (!status.ok()) {
+            // The platform's body broke (disconnect, over the limit): the
+            // worker must not act on half a request.
+            self->Fail(absl::CancelledError(status.message()));
+            return;
+          }
+          if (chunk.data.empty() && !chunk.last) {
+            self->ReadUp();
+            return;
+          }
+          ServeDown message;
+          if (chunk.data.empty()) {
+            self->up_ = Up::kEndSent;
+            message.mutable_end();
+          } else {
+            if (chunk.last) self->up_ = Up::kLastChunkSent;
+            message.set_body(std::move(chunk.data));
+          }
+          self->lane_->Send(std::move(message));
+        });
+  }
+
+  // Down: worker -> platform, one message in flight.
+  void OnReceived(ServeUp message) override {
+    auto self = shared_from_this();
+    switch (message.kind_case()) {
+      case ServeUp::kHead: {
+        http::ResponseHead head;
+        head.status = message.head().status();
+        head.headers = ToHttpHeaders(message.head().headers());
+        head.headers.push_back({"snyk-request-id", request_.request_id});
+        if (message.head().body_length() >= 0) {
+          head.content_length =
+              static_cast<std::uint64_t>(message.head().body_length());
+        }
+        // Hold mu_ across Respond(): its callback (which asks for the first
+        // body message) may run on the strand before Respond() returns, and
+        // the body's reaction must find writer_ set. Respond() only posts.
+        absl::MutexLock lock(&mu_);
+        if (response_started_) return;  // Fail() answered already
+        response_started_ = true;
+        writer_ =
+            &exchange_->Respond(std::move(head), [self](const absl::Status& s) {
+              if (!s.ok()) {
+                self->lane_->Close(absl::CancelledError(s.message()));
+                return;
+              }
+              self->lane_->ReadNext();
+            });
+        return;
+      }
+      case ServeUp::kBody: {
+        http::BodyWriter* writer = Writer();
+        if (writer == nullptr) break;
+        writer->Write(std::move(*message.mutable_body()),
+                      [self](const absl::Status& s) {
+                        if (!s.ok()) {
+                          self->lane_->Close(absl::CancelledError(s.message()));
+                          return;
+                        }
+                        self->lane_->ReadNext();
+                      });
+        return;
+      }
+      case ServeUp::kEnd: {
+        http::BodyWriter* writer = Writer();
+        if (writer == nullptr) break;
+        if (message.end().aborted()) {
+          writer->Abort();
+          End(absl::DataLossError("the origin's body was cut short"));
+          return;
+        }
+        writer->Finish([self](const absl::Status& s) { self->End(s); });
+        return;
+      }
+      case ServeUp::kFailure: {
+        {
+          absl::MutexLock lock(&mu_);
+          if (response_started_) break;
+          response_started_ = true;
+        }
+        const tunnel::v1::Failure& f = message.failure();
+        exchange_->RespondSimple(f.status(),
+                                 {{"content-type", "application/json"},
+                                  {"snyk-request-id", request_.request_id}},
+                                 f.body());
+        End(absl::OkStatus());
+        return;
+      }
+      default:
+        break;
+    }
+    Fail(absl::InternalError("the worker broke the Serve protocol"));
+  }
+
+  void OnClosed(absl::Status status) override {
+    if (!status.ok()) Fail(status);
+  }
+
+ private:
+  http::BodyWriter* Writer() {
+    absl::MutexLock lock(&mu_);
+    return writer_;
+  }
+
+  // The exchange ended (well or not): close the lane, give it back.
+  void End(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return;
+      ended_ = true;
+    }
+    timer_.cancel();
+    lane_->Close(status.ok() ? absl::OkStatus()
+                             : absl::CancelledError(status.message()));
+    registry_.Release(request_.token_hash, client_id_);
+  }
+
+  // Something broke: answer 502/504 if nothing was sent yet, else abort.
+  void Fail(const absl::Status& status) {
+    bool started = false;
+    http::BodyWriter* writer = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return;
+      started = response_started_;
+      response_started_ = true;
+      writer = writer_;
+    }
+    BROKER_LOG(kServer, kWarn,
+               {{"request_id", request_.request_id},
+                {"hashed_token", request_.token_hash},
+                {"client_id", client_id_},
+                {"error", status.ToString()},
+                {"answer_started", started}},
+               "relayed request failed");
+    if (started) {
+      // Head sent (or being sent): end as a truncated transfer.
+      if (writer != nullptr) writer->Abort();
+    } else {
+      const bool timeout = status.code() == absl::StatusCode::kDeadlineExceeded;
+      exchange_->RespondSimple(
+          timeout ? 504 : 502,
+          {{"content-type", "application/json"},
+           {"x-broker-failure", timeout ? "timeout" : "tunnel-error"},
+           {"snyk-request-id", request_.request_id}},
+          timeout ? R"({"ok":false,"code":"TIMEOUT"})"
+                  : R"({"ok":false,"code":"TUNNEL_ERROR"})");
+    }
+    End(status);
+  }
+
+  TunnelRegistry& registry_;
+  const std::shared_ptr<Lane> lane_;
+  const std::string client_id_;
+  const std::shared_ptr<http::Exchange> exchange_;
+  const RelayRequest request_;
+  boost::asio::steady_timer timer_;
+  // The upload's progress. Touched by OnSent and the body read it starts,
+  // which the protocol orders (one chunk in flight).
+  enum class Up { kSending, kLastChunkSent, kEndSent };
+  Up up_ = Up::kSending;
+
+  absl::Mutex mu_;
+  http::BodyWriter* writer_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool response_started_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+bool IsHopByHopHeader(absl::string_view name) {
+  for (absl::string_view hop :
+       {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+        "te", "trailer", "upgrade", "content-length"}) {
+    if (absl::EqualsIgnoreCase(name, hop)) return true;
+  }
+  return false;
+}
+
+void StartRelay(boost::asio::io_context& io, TunnelRegistry& registry,
+                TunnelRegistry::Taken taken,
+                std::shared_ptr<common::http::Exchange> exchange,
+                RelayRequest request) {
+  std::make_shared<RelayCall>(io, registry, std::move(taken),
+                              std::move(exchange), std::move(request))
+      ->Start();
+}
+
+}  // namespace broker::server

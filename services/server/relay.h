@@ -1,0 +1,43 @@
+#pragma once
+
+#include "common/http/server.h"
+#include "services/server/lane.h"
+#include "services/server/tunnel_registry.h"
+
+#include "absl/time/time.h"
+
+#include <memory>
+#include <string>
+
+namespace boost::asio {
+class io_context;
+}  // namespace boost::asio
+
+namespace broker::server {
+
+// What the relay needs to know about one platform request.
+struct RelayRequest {
+  std::string token_hash;
+  std::string request_id;
+  std::string url;  // path?query for the worker, /broker/<token> removed
+  common::http::Headers headers;  // to send down, framing headers removed
+  absl::Time deadline;
+};
+
+// Streams one platform request down a taken lane and the worker's answer
+// back, both ways at once, one chunk in flight each way (docs/tunnel.md).
+// Ends the answer as an aborted transfer when the tunnel or the origin dies
+// mid-body, and answers 502/504 with `x-broker-failure` when it dies before
+// the answer started. Never hangs: the deadline closes the lane.
+//
+// Thread-safe: lane callbacks arrive on gRPC threads, exchange callbacks on
+// the connection's strand, the timer on an io thread.
+void StartRelay(boost::asio::io_context& io, TunnelRegistry& registry,
+                TunnelRegistry::Taken taken,
+                std::shared_ptr<common::http::Exchange> exchange,
+                RelayRequest request);
+
+// Hop-by-hop and framing headers, which each hop sets for itself.
+bool IsHopByHopHeader(absl::string_view name);
+
+}  // namespace broker::server

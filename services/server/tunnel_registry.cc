@@ -1,0 +1,204 @@
+#include "services/server/tunnel_registry.h"
+
+#include <algorithm>
+
+namespace broker::server {
+
+void TunnelRegistry::AddWorker(const std::string& token_hash, WorkerInfo info) {
+  absl::MutexLock lock(&mu_);
+  Token& token = tokens_[token_hash];
+  for (Worker& worker : token.workers) {
+    if (worker.info.client_id == info.client_id) {
+      worker.info = std::move(info);
+      return;
+    }
+  }
+  token.workers.push_back(Worker{std::move(info), {}});
+}
+
+std::vector<std::shared_ptr<Lane>> TunnelRegistry::RemoveWorker(
+    const std::string& token_hash, const std::string& client_id) {
+  std::vector<std::shared_ptr<Lane>> lanes;
+  std::deque<Waiter> orphans;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(token_hash);
+    if (it == tokens_.end()) return lanes;
+    auto& workers = it->second.workers;
+    for (auto w = workers.begin(); w != workers.end(); ++w) {
+      if (w->info.client_id != client_id) continue;
+      lanes.assign(w->idle.begin(), w->idle.end());
+      workers.erase(w);
+      break;
+    }
+    if (workers.empty()) {
+      orphans = std::move(it->second.waiters);
+      tokens_.erase(it);
+    }
+  }
+  // Requests waiting for a lane of the last worker get their answer now.
+  for (Waiter& waiter : orphans) {
+    waiter.timer->cancel();
+    std::move(waiter.done)(std::nullopt);
+  }
+  return lanes;
+}
+
+bool TunnelRegistry::Park(const std::string& token_hash,
+                          std::shared_ptr<Lane> lane) {
+  std::optional<Waiter> waiter;
+  std::optional<Taken> taken;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(token_hash);
+    if (it == tokens_.end()) return false;
+    Token& token = it->second;
+    Worker* owner = nullptr;
+    for (Worker& worker : token.workers) {
+      if (worker.info.client_id == lane->client_id()) owner = &worker;
+    }
+    if (owner == nullptr) return false;
+    owner->idle.push_back(std::move(lane));
+    owner->info.idle_lanes = owner->idle.size();
+    if (!token.waiters.empty()) {
+      waiter = std::move(token.waiters.front());
+      token.waiters.pop_front();
+      taken = TakeLocked(token);
+    }
+  }
+  if (waiter) {
+    waiter->timer->cancel();
+    std::move(waiter->done)(std::move(taken));
+  }
+  return true;
+}
+
+void TunnelRegistry::Unpark(const std::string& token_hash, const Lane* lane) {
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(token_hash);
+  if (it == tokens_.end()) return;
+  for (Worker& worker : it->second.workers) {
+    auto& idle = worker.idle;
+    auto found = std::find_if(
+        idle.begin(), idle.end(),
+        [lane](const std::shared_ptr<Lane>& l) { return l.get() == lane; });
+    if (found != idle.end()) {
+      idle.erase(found);
+      worker.info.idle_lanes = idle.size();
+      return;
+    }
+  }
+}
+
+std::optional<TunnelRegistry::Taken> TunnelRegistry::Take(
+    const std::string& token_hash) {
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(token_hash);
+  if (it == tokens_.end()) return std::nullopt;
+  return TakeLocked(it->second);
+}
+
+void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
+                                const std::string& token_hash,
+                                absl::Duration wait, TakeHandler done) {
+  std::optional<Taken> taken;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(token_hash);
+    if (it != tokens_.end()) {
+      taken = TakeLocked(it->second);
+      if (!taken && wait > absl::ZeroDuration()) {
+        const std::uint64_t id = ++next_waiter_id_;
+        auto timer = std::make_shared<boost::asio::steady_timer>(io);
+        timer->expires_after(absl::ToChronoMilliseconds(wait));
+        timer->async_wait(
+            [this, token_hash, id, timer](boost::system::error_code ec) {
+              if (ec) return;  // served by Park(), which cancelled the timer
+              std::optional<Waiter> expired;
+              {
+                absl::MutexLock timer_lock(&mu_);
+                auto t = tokens_.find(token_hash);
+                if (t == tokens_.end()) return;
+                auto& waiters = t->second.waiters;
+                for (auto w = waiters.begin(); w != waiters.end(); ++w) {
+                  if (w->id == id) {
+                    expired = std::move(*w);
+                    waiters.erase(w);
+                    break;
+                  }
+                }
+              }
+              if (expired) std::move(expired->done)(std::nullopt);
+            });
+        it->second.waiters.push_back(Waiter{id, std::move(done), timer});
+        return;
+      }
+    }
+  }
+  std::move(done)(std::move(taken));
+}
+
+std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(Token& token) {
+  const std::size_t n = token.workers.size();
+  Worker* best = nullptr;
+  std::size_t best_index = 0;
+  // Fewest in flight wins; among equals, the first after the last pick.
+  for (std::size_t k = 0; k < n; ++k) {
+    std::size_t i = (token.next + k) % n;
+    Worker& worker = token.workers[i];
+    if (worker.idle.empty()) continue;
+    if (best == nullptr || worker.info.in_flight < best->info.in_flight) {
+      best = &worker;
+      best_index = i;
+    }
+  }
+  if (best == nullptr) return std::nullopt;
+  token.next = (best_index + 1) % n;
+  Taken taken{std::move(best->idle.front()), best->info.client_id};
+  best->idle.pop_front();
+  best->info.idle_lanes = best->idle.size();
+  ++best->info.in_flight;
+  return taken;
+}
+
+void TunnelRegistry::Release(const std::string& token_hash,
+                             const std::string& client_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(token_hash);
+  if (it == tokens_.end()) return;
+  for (Worker& worker : it->second.workers) {
+    if (worker.info.client_id == client_id && worker.info.in_flight > 0) {
+      --worker.info.in_flight;
+      return;
+    }
+  }
+}
+
+bool TunnelRegistry::HasWorkers(const std::string& token_hash) const {
+  absl::MutexLock lock(&mu_);
+  return tokens_.contains(token_hash);
+}
+
+std::vector<TunnelRegistry::WorkerInfo> TunnelRegistry::Workers(
+    const std::string& token_hash) const {
+  std::vector<WorkerInfo> out;
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(token_hash);
+  if (it == tokens_.end()) return out;
+  for (const Worker& worker : it->second.workers) out.push_back(worker.info);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::vector<TunnelRegistry::WorkerInfo>>>
+TunnelRegistry::Snapshot() const {
+  std::vector<std::pair<std::string, std::vector<WorkerInfo>>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [hash, token] : tokens_) {
+    std::vector<WorkerInfo> workers;
+    for (const Worker& worker : token.workers) workers.push_back(worker.info);
+    out.emplace_back(hash, std::move(workers));
+  }
+  return out;
+}
+
+}  // namespace broker::server

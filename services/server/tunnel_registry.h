@@ -1,0 +1,110 @@
+#pragma once
+
+#include "services/server/lane.h"
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/steady_timer.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace broker::server {
+
+// Per hashed token, the connected workers and their parked lanes. A request
+// takes a lane of the worker with the fewest requests in flight (ties broken
+// round-robin), as ARCHITECTURE.md section 4 asks.
+//
+// Thread-safe: gRPC reactions register and park; platform requests take.
+// No callback is ever made while the lock is held.
+class TunnelRegistry {
+ public:
+  struct WorkerInfo {
+    std::string client_id;
+    std::string masked_token;  // for /connections-status; never the token
+    std::string version;
+    std::string rules_digest;
+    absl::Time connected_at;
+    std::size_t idle_lanes = 0;
+    std::uint64_t in_flight = 0;
+  };
+
+  // A taken lane, and the token to give back when the request ends.
+  struct Taken {
+    std::shared_ptr<Lane> lane;
+    std::string client_id;
+  };
+
+  void AddWorker(const std::string& token_hash, WorkerInfo info)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns the lanes that were parked, for the caller to close.
+  std::vector<std::shared_ptr<Lane>> RemoveWorker(const std::string& token_hash,
+                                                  const std::string& client_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // False when the worker is unknown (its Control call ended): the caller
+  // closes the lane.
+  bool Park(const std::string& token_hash, std::shared_ptr<Lane> lane)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Forgets a parked lane whose call ended while parked.
+  void Unpark(const std::string& token_hash, const Lane* lane)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // A lane of the least loaded worker of the token, or nullopt when no
+  // worker has an idle lane.
+  std::optional<Taken> Take(const std::string& token_hash)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // As Take(), but when the token's workers are connected and all their
+  // lanes are busy (a burst, or lanes still being opened), waits up to
+  // `wait` for one to be parked. `done` runs exactly once, never under the
+  // lock: inline when the answer is immediate, else on the parking gRPC
+  // thread or on an `io` thread at the timeout.
+  using TakeHandler = absl::AnyInvocable<void(std::optional<Taken>) &&>;
+  void TakeOrWait(boost::asio::io_context& io, const std::string& token_hash,
+                  absl::Duration wait, TakeHandler done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The request on a taken lane ended.
+  void Release(const std::string& token_hash, const std::string& client_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  bool HasWorkers(const std::string& token_hash) const ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<WorkerInfo> Workers(const std::string& token_hash) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // token hash -> its workers, for /connections-status.
+  std::vector<std::pair<std::string, std::vector<WorkerInfo>>> Snapshot() const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Worker {
+    WorkerInfo info;
+    std::deque<std::shared_ptr<Lane>> idle;
+  };
+  struct Waiter {
+    std::uint64_t id;
+    TakeHandler done;
+    std::shared_ptr<boost::asio::steady_timer> timer;
+  };
+  struct Token {
+    std::vector<Worker> workers;  // few (<= 4 per server in HA)
+    std::size_t next = 0;         // round-robin tie breaker
+    std::deque<Waiter> waiters;   // requests waiting for a lane
+  };
+
+  // The caller holds mu_ (the token lives in tokens_).
+  static std::optional<Taken> TakeLocked(Token& token);
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace broker::server

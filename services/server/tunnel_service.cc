@@ -1,0 +1,395 @@
+#include "services/server/tunnel_service.h"
+
+#include "common/logging.h"
+#include "common/token.h"
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+
+#include <deque>
+
+namespace broker::server {
+namespace {
+
+using tunnel::v1::ServeDown;
+using tunnel::v1::ServerControl;
+using tunnel::v1::ServeUp;
+using tunnel::v1::WorkerControl;
+
+std::string Metadata(const grpc::CallbackServerContext& context,
+                     absl::string_view key) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(grpc::string_ref(key.data(), key.size()));
+  if (it == metadata.end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+// One worker's Control call: Hello -> Welcome, then pings both ways until
+// either side ends it. While it is open the worker is in the registry.
+class ControlReactor final
+    : public grpc::ServerBidiReactor<WorkerControl, ServerControl> {
+ public:
+  ControlReactor(TunnelRegistry& registry, CallIdentity identity)
+      : registry_(registry), identity_(std::move(identity)) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      FinishOnce(grpc::Status::OK);
+      return;
+    }
+    if (in_.has_hello()) {
+      if (!HandleHello(in_.hello())) return;
+    } else if (in_.has_ping()) {
+      ServerControl pong;
+      pong.mutable_pong()->set_sent_unix_micros(in_.ping().sent_unix_micros());
+      Enqueue(std::move(pong));
+    }
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::optional<ServerControl> next;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (ok && !queue_.empty()) {
+        next = std::move(queue_.front());
+        queue_.pop_front();
+        writing_ = true;
+      } else if (pending_finish_) {
+        finish = std::move(pending_finish_);
+        pending_finish_.reset();
+        finished_ = true;
+      }
+    }
+    if (next) StartWrite(Stash(std::move(*next)));
+    if (finish) Finish(*finish);
+  }
+
+  void OnCancel() override { FinishOnce(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    if (registered_) {
+      BROKER_LOG(kServer, kInfo,
+                 {{"hashed_token", identity_.token_hash},
+                  {"client_id", identity_.client_id}},
+                 "broker client disconnected");
+      for (auto& lane :
+           registry_.RemoveWorker(identity_.token_hash, identity_.client_id)) {
+        lane->Close(absl::UnavailableError("the worker's tunnel closed"));
+      }
+    }
+    delete this;
+  }
+
+ private:
+  bool HandleHello(const tunnel::v1::Hello& hello) {
+    if (registered_) return true;  // a repeated Hello changes nothing
+    if (!hello.token_hash().empty() &&
+        hello.token_hash() != identity_.token_hash) {
+      FinishOnce(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                              "Hello.token_hash does not match the token"));
+      return false;
+    }
+    TunnelRegistry::WorkerInfo info;
+    info.client_id = identity_.client_id;
+    info.masked_token = identity_.masked_token;
+    info.version = hello.version();
+    info.rules_digest = hello.rules_digest();
+    info.connected_at = absl::Now();
+    registry_.AddWorker(identity_.token_hash, std::move(info));
+    registered_ = true;
+    BROKER_LOG(kServer, kInfo,
+               {{"hashed_token", identity_.token_hash},
+                {"client_id", identity_.client_id},
+                {"version", hello.version()}},
+               "broker client connected");
+    ServerControl welcome;
+    welcome.mutable_welcome()->set_server_id(hello.server_id());
+    welcome.mutable_welcome()->set_max_lanes(kMaxLanes);
+    Enqueue(std::move(welcome));
+    return true;
+  }
+
+  void Enqueue(ServerControl message) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || pending_finish_) return;
+      if (writing_) {
+        queue_.push_back(std::move(message));
+        return;
+      }
+      writing_ = true;
+    }
+    StartWrite(Stash(std::move(message)));
+  }
+
+  // Keeps the message alive until its write completes (one in flight).
+  const ServerControl* Stash(ServerControl message) {
+    out_ = std::move(message);
+    return &out_;
+  }
+
+  void FinishOnce(grpc::Status status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || pending_finish_) return;
+      if (writing_) {
+        pending_finish_ = std::move(status);
+        return;
+      }
+      finished_ = true;
+    }
+    Finish(status);
+  }
+
+  static constexpr uint32_t kMaxLanes = 1024;
+
+  TunnelRegistry& registry_;
+  const CallIdentity identity_;
+  WorkerControl in_;
+  ServerControl out_;
+  bool registered_ = false;  // touched only by reactions, which are serial
+                             // for reads; OnDone comes last
+
+  absl::Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
+  std::deque<ServerControl> queue_ ABSL_GUARDED_BY(mu_);
+};
+
+// One Serve call. Parked in the registry after LaneReady; then owned by
+// the request that takes it (through Lane). The reactor keeps itself alive
+// through `self_` until OnDone, and whoever holds the Lane keeps it alive
+// while calling into it; operations after Finish are refused by state, not
+// by lifetime.
+class ServeReactor final : public grpc::ServerBidiReactor<ServeUp, ServeDown>,
+                           public Lane,
+                           public std::enable_shared_from_this<ServeReactor> {
+ public:
+  static ServeReactor* Start(TunnelRegistry& registry, CallIdentity identity) {
+    auto reactor = std::shared_ptr<ServeReactor>(
+        new ServeReactor(registry, std::move(identity)));
+    reactor->self_ = reactor;
+    reactor->StartRead(&reactor->in_);  // LaneReady
+    return reactor.get();
+  }
+
+  // Lane
+  void Attach(std::shared_ptr<LaneListener> listener) override {
+    absl::MutexLock lock(&mu_);
+    listener_ = std::move(listener);
+  }
+
+  void Send(ServeDown message) override {
+    bool refused = false;
+    {
+      absl::MutexLock lock(&mu_);
+      refused = finish_called_ || pending_finish_.has_value();
+      if (!refused) {
+        writing_ = true;
+        out_ = std::move(message);
+      }
+    }
+    if (refused) {
+      NotifySent(false);
+      return;
+    }
+    StartWrite(&out_);
+  }
+
+  // The read started when the lane was parked delivers the first message;
+  // call ReadNext() for each one after it.
+  void ReadNext() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finish_called_ || read_closed_) return;
+    }
+    StartRead(&in_);
+  }
+
+  void Close(absl::Status status) override {
+    FinishOnce(status.ok() ? grpc::Status::OK : ToGrpc(status));
+  }
+
+  const std::string& client_id() const override { return identity_.client_id; }
+
+  // Reactions
+  void OnReadDone(bool ok) override {
+    if (!parked_once_) {
+      parked_once_ = true;
+      if (!ok || !in_.has_ready() ||
+          !registry_.Park(identity_.token_hash, shared_from_this())) {
+        FinishOnce(
+            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                         "a lane must start with LaneReady after Hello"));
+        return;
+      }
+      StartRead(&in_);  // the answer's head, or a lane closed while parked
+      return;
+    }
+    std::shared_ptr<LaneListener> listener;
+    {
+      absl::MutexLock lock(&mu_);
+      listener = listener_;
+      if (!ok) read_closed_ = true;
+    }
+    if (listener == nullptr) {
+      // Still parked: the worker (or its connection) went away.
+      registry_.Unpark(identity_.token_hash, this);
+      FinishOnce(grpc::Status::CANCELLED);
+      return;
+    }
+    if (!ok) {
+      FinishOnce(grpc::Status::CANCELLED);
+      return;
+    }
+    // Take the message out first: the listener may start the next read
+    // (into in_) from another thread before this reaction returns.
+    ServeUp message = std::move(in_);
+    in_.Clear();
+    listener->OnReceived(std::move(message));
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (pending_finish_) {
+        finish = std::move(pending_finish_);
+        pending_finish_.reset();
+        finish_called_ = true;
+      }
+    }
+    if (finish) {
+      Finish(*finish);
+      return;
+    }
+    NotifySent(ok);
+  }
+
+  void OnCancel() override {
+    registry_.Unpark(identity_.token_hash, this);
+    FinishOnce(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    std::shared_ptr<LaneListener> listener;
+    absl::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      listener = std::move(listener_);
+      status = final_status_;
+    }
+    if (listener) listener->OnClosed(status);
+    self_.reset();  // may delete this: last statement
+  }
+
+ private:
+  ServeReactor(TunnelRegistry& registry, CallIdentity identity)
+      : registry_(registry), identity_(std::move(identity)) {}
+
+  void NotifySent(bool ok) {
+    std::shared_ptr<LaneListener> listener;
+    {
+      absl::MutexLock lock(&mu_);
+      listener = listener_;
+    }
+    if (listener) listener->OnSent(ok);
+  }
+
+  void FinishOnce(grpc::Status status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finish_called_ || pending_finish_) return;
+      final_status_ =
+          status.ok()
+              ? absl::OkStatus()
+              : absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                             status.error_message());
+      if (writing_) {
+        pending_finish_ = std::move(status);
+        return;
+      }
+      finish_called_ = true;
+    }
+    Finish(status);
+  }
+
+  TunnelRegistry& registry_;
+  const CallIdentity identity_;
+  std::shared_ptr<ServeReactor> self_;
+  ServeUp in_;
+  ServeDown out_;
+  bool parked_once_ = false;  // reactions only (reads are serial)
+
+  absl::Mutex mu_;
+  std::shared_ptr<LaneListener> listener_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+// Ends a call that cannot be served, without a reactor of its own.
+template <typename In, typename Out>
+class RejectReactor final : public grpc::ServerBidiReactor<In, Out> {
+ public:
+  explicit RejectReactor(grpc::Status status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+absl::StatusOr<CallIdentity> IdentifyCall(
+    const grpc::CallbackServerContext& context) {
+  std::string authorization = Metadata(context, "authorization");
+  if (!absl::StartsWithIgnoreCase(authorization, "Bearer ") ||
+      authorization.size() <= 7) {
+    return absl::UnauthenticatedError(
+        "missing \"authorization: Bearer <token>\" metadata");
+  }
+  CallIdentity identity;
+  identity.token_hash = common::HashToken(authorization.substr(7));
+  identity.masked_token = common::MaskToken(authorization.substr(7));
+  identity.client_id = Metadata(context, "x-broker-client-id");
+  if (identity.client_id.empty()) {
+    return absl::UnauthenticatedError("missing x-broker-client-id metadata");
+  }
+  return identity;
+}
+
+grpc::ServerBidiReactor<WorkerControl, ServerControl>* TunnelService::Control(
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<CallIdentity> identity = IdentifyCall(*context);
+  if (!identity.ok()) {
+    return new RejectReactor<WorkerControl, ServerControl>(
+        ToGrpc(identity.status()));
+  }
+  return new ControlReactor(registry_, *std::move(identity));
+}
+
+grpc::ServerBidiReactor<ServeUp, ServeDown>* TunnelService::Serve(
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<CallIdentity> identity = IdentifyCall(*context);
+  if (!identity.ok()) {
+    return new RejectReactor<ServeUp, ServeDown>(ToGrpc(identity.status()));
+  }
+  return ServeReactor::Start(registry_, *std::move(identity));
+}
+
+}  // namespace broker::server

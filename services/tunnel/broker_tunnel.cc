@@ -1,0 +1,917 @@
+#include "services/tunnel/broker_tunnel.h"
+
+#include "common/env_config.h"
+#include "common/executor.h"
+#include "common/http/client.h"
+#include "common/http/server.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/token.h"
+#include "filters/blocked.h"
+#include "filters/rule_set_holder.h"
+
+#include "broker/tunnel/v1/tunnel.grpc.pb.h"
+
+#include "grpcpp/grpcpp.h"
+
+#include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "boost/asio/steady_timer.hpp"
+#include "nlohmann/json.hpp"
+
+#include <deque>
+#include <fstream>
+#include <sstream>
+
+namespace broker::tunnel {
+namespace {
+
+namespace http = common::http;
+namespace v1 = ::broker::tunnel::v1;
+using nlohmann::json;
+
+constexpr absl::Duration kBackoffFirst = absl::Milliseconds(100);
+constexpr absl::Duration kBackoffMax = absl::Seconds(10);
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string NewClientId() {
+  absl::BitGen gen;
+  uint64_t hi = absl::Uniform<uint64_t>(gen);
+  uint64_t lo = absl::Uniform<uint64_t>(gen);
+  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
+                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
+                         lo & 0xFFFFFFFFFFFFULL);
+}
+
+// Headers Snyk's client removes before calling the origin
+// (reference section 2.7), plus hop-by-hop headers.
+bool IsStrippedHeader(absl::string_view name) {
+  for (absl::string_view strip : {"x-forwarded-for",
+                                  "x-forwarded-proto",
+                                  "x-forwarded-host",
+                                  "x-forwarded-port",
+                                  "content-length",
+                                  "host",
+                                  "snyk-acting-group-public-id",
+                                  "snyk-acting-org-public-id",
+                                  "snyk-acting-user-public-id",
+                                  "snyk-flow-name",
+                                  "snyk-product-line",
+                                  "snyk-project-type",
+                                  "snyk-integration-type",
+                                  "x-snyk-broker-context-id",
+                                  "content-encoding",
+                                  "connection",
+                                  "keep-alive",
+                                  "transfer-encoding",
+                                  "te",
+                                  "upgrade",
+                                  "trailer",
+                                  "proxy-connection"}) {
+    if (absl::EqualsIgnoreCase(name, strip)) return true;
+  }
+  return false;
+}
+
+bool IsResponseHopHeader(absl::string_view name) {
+  for (absl::string_view hop :
+       {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
+        "upgrade", "proxy-connection", "content-length"}) {
+    if (absl::EqualsIgnoreCase(name, hop)) return true;
+  }
+  return false;
+}
+
+std::string FailureJson(absl::string_view code, absl::string_view message) {
+  return json{{"code", std::string(code)}, {"message", std::string(message)}}
+      .dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+class ControlCall;
+class ServeLane;
+
+class Worker final : public BrokerTunnel {
+ public:
+  Worker(TunnelConfig config, std::shared_ptr<const filters::RuleSet> rules)
+      : config_(std::move(config)),
+        executor_(config_.io_threads),
+        rules_(std::move(rules)),
+        resolver_(config_.variables),
+        client_id_(NewClientId()),
+        reconnect_timer_(executor_.io()) {}
+
+  // Creates the origin client (needs the executor).
+  [[nodiscard]] absl::Status Init() {
+    http::ClientOptions options;
+    options.ca_file = config_.ca_file;
+    BROKER_ASSIGN_OR_RETURN(client_,
+                            http::Client::Create(executor_.io(), options));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int> Start() override;
+  void Shutdown(absl::Time deadline) override;
+  bool Connected() const override {
+    absl::MutexLock lock(&mu_);
+    return connected_;
+  }
+
+  // Called by lanes and the control call (any thread).
+  void OnLaneTaken() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnLaneDone(bool was_idle) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnControlUp() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnControlDown(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+
+  filters::RuleSetHolder& rules() { return rules_; }
+  const filters::OriginResolver& resolver() const { return resolver_; }
+  http::Client& client() { return *client_; }
+  const TunnelConfig& config() const { return config_; }
+
+ private:
+  void Connect() ABSL_LOCKS_EXCLUDED(mu_);
+  void OpenLanes() ABSL_LOCKS_EXCLUDED(mu_);
+  void ScheduleReconnect() ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<std::shared_ptr<ServeLane>> LiveLanes() ABSL_LOCKS_EXCLUDED(mu_);
+  void HandleLocal(std::shared_ptr<http::Exchange> exchange);
+  std::shared_ptr<grpc::Channel> MakeChannel() const;
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return active_requests_ == 0;
+  }
+  bool AllLanesEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return lanes_alive_ == 0;
+  }
+
+  const TunnelConfig config_;
+  common::Executor executor_;
+  filters::RuleSetHolder rules_;
+  filters::OriginResolver resolver_;
+  std::unique_ptr<http::Client> client_;
+  const std::string client_id_;
+  std::unique_ptr<http::Server> http_server_;
+  boost::asio::steady_timer reconnect_timer_;
+
+  // Set in Start(), before any call, and reset in Shutdown() after the
+  // last one ended.
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Tunnel::Stub> stub_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<ControlCall> control_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<ServeLane>> lanes_ ABSL_GUARDED_BY(mu_);
+  bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int idle_lanes_ ABSL_GUARDED_BY(mu_) = 0;
+  int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration backoff_ ABSL_GUARDED_BY(mu_) = kBackoffFirst;
+  absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
+};
+
+// --- Control ---------------------------------------------------------------
+
+class ControlCall final
+    : public grpc::ClientBidiReactor<v1::WorkerControl, v1::ServerControl> {
+ public:
+  ControlCall(Worker& worker, v1::Tunnel::Stub& stub, const std::string& token,
+              const std::string& client_id, v1::WorkerControl hello)
+      : worker_(worker), stub_(stub), hello_(std::move(hello)) {
+    context_.AddMetadata("authorization", "Bearer " + token);
+    context_.AddMetadata("x-broker-client-id", client_id);
+  }
+
+  // Starts the call; `self` keeps this alive until OnDone.
+  void Begin(std::shared_ptr<ControlCall> self) {
+    self_ = std::move(self);
+    stub_.async()->Control(&context_, this);
+    StartWrite(&hello_);
+    StartRead(&in_);
+    StartCall();
+  }
+
+  void OnWriteDone(bool /*ok*/) override { writing_ = false; }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows with the status
+    if (in_.has_welcome()) worker_.OnControlUp();
+    if (in_.has_ping()) {
+      // Pongs are best effort: skip one while the previous write is busy.
+      bool expected = false;
+      if (writing_.compare_exchange_strong(expected, true)) {
+        pong_.mutable_pong()->set_sent_unix_micros(
+            in_.ping().sent_unix_micros());
+        StartWrite(&pong_);
+      }
+    }
+    StartRead(&in_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    worker_.OnControlDown(status);
+    self_.reset();  // may delete this: last statement
+  }
+
+  void Cancel() { context_.TryCancel(); }
+
+ private:
+  Worker& worker_;
+  v1::Tunnel::Stub& stub_;
+  std::shared_ptr<ControlCall> self_;
+  grpc::ClientContext context_;
+  v1::WorkerControl hello_;
+  v1::WorkerControl pong_;
+  v1::ServerControl in_;
+  std::atomic<bool> writing_{true};  // the Hello
+};
+
+// --- Serve lanes -------------------------------------------------------------
+
+// One Serve call: parked at the server until a request arrives, then serves
+// it (accept rules, origin call) and ends. Owned by itself (`self_`) until
+// OnDone; callbacks from the origin client hold it through shared_ptr and
+// start operations under the reactor's hold (AddHold/RemoveHold), so OnDone
+// cannot race with them.
+class ServeLane final
+    : public grpc::ClientBidiReactor<v1::ServeUp, v1::ServeDown>,
+      public std::enable_shared_from_this<ServeLane> {
+ public:
+  static std::shared_ptr<ServeLane> Open(Worker& worker, v1::Tunnel::Stub& stub,
+                                         const std::string& token,
+                                         const std::string& client_id) {
+    auto lane = std::shared_ptr<ServeLane>(new ServeLane(worker));
+    lane->self_ = lane;
+    lane->context_.AddMetadata("authorization", "Bearer " + token);
+    lane->context_.AddMetadata("x-broker-client-id", client_id);
+    stub.async()->Serve(&lane->context_, lane.get());
+    v1::ServeUp ready;
+    ready.mutable_ready();
+    lane->Write(std::move(ready), nullptr);
+    lane->StartRead(&lane->in_);
+    lane->AddHold();
+    lane->StartCall();
+    return lane;
+  }
+
+  // Ends a parked lane (shutdown).
+  void Cancel() { context_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    State state;
+    {
+      absl::MutexLock lock(&mu_);
+      state = state_;
+    }
+    switch (state) {
+      case State::kParked:
+        if (!ok || !in_.has_head()) {
+          Release();
+          return;
+        }
+        {
+          absl::MutexLock lock(&mu_);
+          state_ = State::kActive;
+        }
+        worker_.OnLaneTaken();
+        {
+          // Out of in_ first: HandleRequest starts the next read into it.
+          const v1::RequestHead head = std::move(*in_.mutable_head());
+          HandleRequest(head);
+        }
+        return;
+      case State::kActive: {
+        // A body read for the origin call.
+        http::BodyReader::ReadHandler handler;
+        {
+          absl::MutexLock lock(&mu_);
+          handler = std::move(body_handler_);
+        }
+        if (!handler) return;
+        if (!ok) {
+          std::move(handler)(absl::CancelledError("the server ended the call"),
+                             {});
+        } else if (in_.has_body()) {
+          std::move(handler)(absl::OkStatus(),
+                             {std::move(*in_.mutable_body()), false});
+        } else if (in_.has_end()) {
+          {
+            absl::MutexLock lock(&mu_);
+            state_ = State::kWatching;
+          }
+          std::move(handler)(absl::OkStatus(), {"", true});
+          StartRead(&in_);  // ends when the server ends the call
+        } else {
+          std::move(handler)(absl::InternalError("unexpected message"), {});
+        }
+        return;
+      }
+      case State::kAwaitingEnd:
+        if (ok && in_.has_end()) {
+          {
+            absl::MutexLock lock(&mu_);
+            state_ = State::kWatching;
+          }
+          StartRead(&in_);
+          return;
+        }
+        Abandon();
+        return;
+      case State::kWatching: {
+        // The server ended the call (or sent more than it should): if we
+        // are still answering, the platform went away.
+        bool answering = false;
+        {
+          absl::MutexLock lock(&mu_);
+          answering = !answered_;
+          cancelled_ = answering;
+        }
+        if (answering) Abandon();
+        return;
+      }
+      case State::kDone:
+        return;
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::AnyInvocable<void(bool) &&> then;
+    std::optional<std::pair<v1::ServeUp, absl::AnyInvocable<void(bool) &&>>>
+        next;
+    {
+      absl::MutexLock lock(&mu_);
+      then = std::move(current_then_);
+      if (!queue_.empty()) {
+        next = std::move(queue_.front());
+        queue_.pop_front();
+      } else {
+        writing_ = false;
+      }
+    }
+    if (next) {
+      {
+        absl::MutexLock lock(&mu_);
+        out_ = std::move(next->first);
+        current_then_ = std::move(next->second);
+      }
+      StartWrite(&out_);
+    }
+    if (then) std::move(then)(ok);
+  }
+
+  void OnDone(const grpc::Status& /*status*/) override {
+    bool was_idle = false;
+    {
+      absl::MutexLock lock(&mu_);
+      was_idle = state_ == State::kParked;
+      state_ = State::kDone;
+    }
+    worker_.OnLaneDone(was_idle);
+    self_.reset();  // may delete this: last statement
+  }
+
+  // The request body, pulled by the origin client from the lane.
+  class BodyFromLane final : public http::BodyReader {
+   public:
+    explicit BodyFromLane(std::shared_ptr<ServeLane> lane)
+        : lane_(std::move(lane)) {}
+    void Read(ReadHandler handler) override {
+      {
+        absl::MutexLock lock(&lane_->mu_);
+        lane_->body_handler_ = std::move(handler);
+      }
+      lane_->StartRead(&lane_->in_);
+    }
+
+   private:
+    std::shared_ptr<ServeLane> lane_;
+  };
+
+ private:
+  // kParked: waiting for a request. kActive: the origin client pulls the
+  // request body. kAwaitingEnd: a request without body, its end marker not
+  // read yet. kWatching: the request is fully read; a read stays pending to
+  // notice the server ending the call early.
+  enum class State { kParked, kActive, kAwaitingEnd, kWatching, kDone };
+
+  explicit ServeLane(Worker& worker) : worker_(worker) {}
+
+  // Queues a write; `then` runs when it completed (ok=false: call broken).
+  void Write(v1::ServeUp message, absl::AnyInvocable<void(bool) &&> then) {
+    bool refused = false;
+    {
+      absl::MutexLock lock(&mu_);
+      refused = released_;
+    }
+    if (refused) {
+      // After RemoveHold no operation may start; the call is over anyway.
+      if (then) std::move(then)(false);
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (writing_) {
+        queue_.emplace_back(std::move(message), std::move(then));
+        return;
+      }
+      writing_ = true;
+      out_ = std::move(message);
+      current_then_ = std::move(then);
+    }
+    StartWrite(&out_);
+  }
+
+  void Finish() {
+    {
+      absl::MutexLock lock(&mu_);
+      answered_ = true;
+    }
+    StartWritesDone();
+    Release();
+  }
+
+  // No more operations from outside reactions: let OnDone come.
+  void Release() {
+    bool release = false;
+    {
+      absl::MutexLock lock(&mu_);
+      release = !released_;
+      released_ = true;
+    }
+    if (release) RemoveHold();
+  }
+
+  // The platform (or the tunnel) went away: stop pumping and end. A read
+  // of the origin's body still in flight finishes by the deadline and is
+  // then dropped by PumpBody.
+  void Abandon() {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+    }
+    context_.TryCancel();
+    Release();
+  }
+
+  void SendFailure(int status, absl::string_view code, std::string body) {
+    v1::ServeUp failure;
+    failure.mutable_failure()->set_status(status);
+    failure.mutable_failure()->set_code(std::string(code));
+    failure.mutable_failure()->set_body(std::move(body));
+    auto self = shared_from_this();
+    Write(std::move(failure), [self](bool) { self->Finish(); });
+  }
+
+  void HandleRequest(const v1::RequestHead& head) {
+    std::vector<filters::HeaderField> fields;
+    fields.reserve(head.headers_size());
+    for (const v1::Header& h : head.headers())
+      fields.push_back({h.name(), h.value()});
+    std::shared_ptr<const filters::RuleSet> rules = worker_.rules().Current();
+    filters::Decision decision = rules->Evaluate(
+        filters::RuleList::kPrivate,
+        filters::RequestView{head.method(), head.url(), fields, ""});
+    if (!decision.allowed()) {
+      SendFailure(
+          filters::kBlockedStatus, "FILTER_BLOCKED",
+          filters::BlockedBody(
+              filters::BlockedReason(filters::BlockedFlow::kTunnel, decision),
+              head.url()));
+      return;
+    }
+    absl::StatusOr<filters::ForwardTarget> target =
+        worker_.resolver().Resolve(*decision.rule, head.url());
+    if (!target.ok()) {
+      SendFailure(502, "DOWNSTREAM_ERROR",
+                  FailureJson("DOWNSTREAM_ERROR", target.status().message()));
+      return;
+    }
+
+    http::ClientRequest request;
+    request.method = head.method();
+    request.url = target->url;
+    bool has_request_id = false;
+    std::string user_agent;
+    for (const v1::Header& h : head.headers()) {
+      if (IsStrippedHeader(h.name())) continue;
+      if (absl::EqualsIgnoreCase(h.name(), "authorization") &&
+          target->authorization) {
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(h.name(), "user-agent")) {
+        user_agent = h.value();
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(h.name(), "x-request-id"))
+        has_request_id = true;
+      request.headers.push_back({h.name(), h.value()});
+    }
+    if (target->authorization) {
+      request.headers.push_back({"authorization", *target->authorization});
+    }
+    request.headers.push_back(
+        {"user-agent",
+         absl::StrCat("Snyk Broker Client ", worker_.config().version)});
+    request.headers.push_back({"x-broker-origin-ua", user_agent.empty()
+                                                         ? "not-provided"
+                                                         : user_agent});
+    if (!has_request_id && !head.request_id().empty()) {
+      request.headers.push_back({"x-request-id", head.request_id()});
+    }
+    if (head.body_length() != 0) {
+      request.body = std::make_unique<BodyFromLane>(shared_from_this());
+      if (head.body_length() > 0) {
+        request.body_length = static_cast<std::uint64_t>(head.body_length());
+      }
+    } else {
+      {
+        absl::MutexLock lock(&mu_);
+        state_ = State::kAwaitingEnd;
+      }
+      StartRead(&in_);  // the end marker, then the watch
+    }
+    absl::Time deadline = absl::Now() + worker_.config().request_timeout;
+    if (head.deadline_unix_micros() > 0) {
+      deadline =
+          std::min(deadline, absl::FromUnixMicros(head.deadline_unix_micros()));
+    }
+    request.deadline = deadline;
+
+    auto self = shared_from_this();
+    worker_.client().Send(
+        std::move(request),
+        [self](absl::StatusOr<http::ClientResponse> response) {
+          self->OnOriginResponse(std::move(response));
+        });
+  }
+
+  void OnOriginResponse(absl::StatusOr<http::ClientResponse> response) {
+    if (!response.ok()) {
+      const absl::string_view code =
+          http::DownstreamErrorCode(response.status());
+      SendFailure(code == "DOWNSTREAM_TIMEOUT" ? 504 : 502, code,
+                  FailureJson(code, response.status().message()));
+      return;
+    }
+    v1::ServeUp head;
+    v1::ResponseHead* h = head.mutable_head();
+    h->set_status(response->head.status);
+    for (const http::Header& header : response->head.headers) {
+      if (IsResponseHopHeader(header.name)) continue;
+      v1::Header* out = h->add_headers();
+      out->set_name(header.name);
+      out->set_value(header.value);
+    }
+    h->set_body_length(
+        response->head.content_length
+            ? static_cast<int64_t>(*response->head.content_length)
+            : -1);
+    origin_body_ = std::move(response->body);
+    auto self = shared_from_this();
+    Write(std::move(head), [self](bool ok) {
+      if (!ok) {
+        self->Abandon();
+        return;
+      }
+      self->PumpBody();
+    });
+  }
+
+  // Origin body -> lane, one chunk in flight.
+  void PumpBody() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) return;
+    }
+    if (origin_body_ == nullptr) return;
+    auto self = shared_from_this();
+    origin_body_->Read(
+        [self](const absl::Status& status, http::BodyChunk chunk) {
+          v1::ServeUp message;
+          if (!status.ok()) {
+            message.mutable_end()->set_aborted(true);
+            self->Write(std::move(message), [self](bool) { self->Finish(); });
+            return;
+          }
+          if (!chunk.data.empty()) {
+            const bool last = chunk.last;
+            message.set_body(std::move(chunk.data));
+            self->Write(std::move(message), [self, last](bool ok) {
+              if (!ok) {
+                self->Abandon();
+                return;
+              }
+              if (last) {
+                v1::ServeUp end;
+                end.mutable_end();
+                self->Write(std::move(end), [self](bool) { self->Finish(); });
+                return;
+              }
+              self->PumpBody();
+            });
+            return;
+          }
+          if (!chunk.last) {
+            self->PumpBody();
+            return;
+          }
+          message.mutable_end();
+          self->Write(std::move(message), [self](bool) { self->Finish(); });
+        });
+  }
+
+  Worker& worker_;
+  std::shared_ptr<ServeLane> self_;
+  grpc::ClientContext context_;
+  v1::ServeDown in_;
+  std::unique_ptr<http::BodyReader> origin_body_;  // pump only
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kParked;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  v1::ServeUp out_;  // the write in flight: set under mu_, read by gRPC
+  absl::AnyInvocable<void(bool) &&> current_then_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<v1::ServeUp, absl::AnyInvocable<void(bool) &&>>> queue_
+      ABSL_GUARDED_BY(mu_);
+  http::BodyReader::ReadHandler body_handler_ ABSL_GUARDED_BY(mu_);
+  bool answered_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// --- Worker ------------------------------------------------------------------
+
+std::shared_ptr<grpc::Channel> Worker::MakeChannel() const {
+  absl::StatusOr<common::Url> url = common::ParseHttpUrl(config_.server_url);
+  const std::string target = absl::StrCat(url->host, ":", url->port);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (url->scheme == "https") {
+    grpc::SslCredentialsOptions options;
+    if (!config_.ca_file.empty()) {
+      // Extra trust on top of the system store, as CA_CERT means.
+      options.pem_root_certs = ReadFile("/etc/ssl/certs/ca-certificates.crt") +
+                               "\n" + ReadFile(config_.ca_file);
+    }
+    credentials = grpc::SslCredentials(options);
+  }
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10000);
+  args.SetMaxReceiveMessageSize(1 << 20);
+  args.SetMaxSendMessageSize(1 << 20);
+  return grpc::CreateCustomChannel(target, credentials, args);
+}
+
+absl::StatusOr<int> Worker::Start() {
+  channel_ = MakeChannel();
+  stub_ = v1::Tunnel::NewStub(channel_);
+  http::ServerOptions options;
+  options.address = config_.address;
+  options.port = config_.http_port;
+  BROKER_ASSIGN_OR_RETURN(
+      http_server_,
+      http::Server::Create(executor_.io(), options,
+                           [this](std::shared_ptr<http::Exchange> exchange) {
+                             HandleLocal(std::move(exchange));
+                           }));
+  BROKER_ASSIGN_OR_RETURN(int port, http_server_->Start());
+  Connect();
+  return port;
+}
+
+void Worker::Connect() {
+  v1::WorkerControl hello;
+  v1::Hello* h = hello.mutable_hello();
+  h->set_client_id(client_id_);
+  h->set_role("primary");
+  h->set_version(config_.version);
+  h->add_capabilities("lanes");
+  h->set_token_hash(common::HashToken(config_.token));
+  h->set_client_url(config_.client_url);
+  h->set_rules_digest(rules_.Current()->digest());
+  h->set_lane_pool_size(static_cast<uint32_t>(config_.lanes));
+  BROKER_LOG(kTunnel, kInfo,
+             {{"url", config_.server_url},
+              {"serverId", ""},
+              {"client_id", client_id_}},
+             "broker client is connecting to broker server");
+  auto control = std::make_shared<ControlCall>(*this, *stub_, config_.token,
+                                               client_id_, std::move(hello));
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    control_ = control;
+  }
+  control->Begin(control);
+}
+
+void Worker::OnControlUp() {
+  {
+    absl::MutexLock lock(&mu_);
+    connected_ = true;
+    backoff_ = kBackoffFirst;
+  }
+  BROKER_LOG(kTunnel, kInfo,
+             {{"url", config_.server_url},
+              {"hashed_token", common::HashToken(config_.token)}},
+             "tunnel connected to the broker server");
+  OpenLanes();
+}
+
+void Worker::OpenLanes() {
+  int to_open = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!connected_ || stopping_) return;
+    to_open = config_.lanes - idle_lanes_;
+    if (to_open <= 0) return;
+    idle_lanes_ += to_open;
+    lanes_alive_ += to_open;
+  }
+  std::vector<std::shared_ptr<ServeLane>> opened;
+  opened.reserve(to_open);
+  for (int i = 0; i < to_open; ++i) {
+    opened.push_back(ServeLane::Open(*this, *stub_, config_.token, client_id_));
+  }
+  absl::MutexLock lock(&mu_);
+  lanes_.erase(std::remove_if(lanes_.begin(), lanes_.end(),
+                              [](const std::weak_ptr<ServeLane>& lane) {
+                                return lane.expired();
+                              }),
+               lanes_.end());
+  for (auto& lane : opened) lanes_.push_back(lane);
+}
+
+std::vector<std::shared_ptr<ServeLane>> Worker::LiveLanes() {
+  std::vector<std::shared_ptr<ServeLane>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& weak : lanes_) {
+    if (auto lane = weak.lock()) out.push_back(std::move(lane));
+  }
+  return out;
+}
+
+void Worker::OnLaneTaken() {
+  {
+    absl::MutexLock lock(&mu_);
+    --idle_lanes_;
+    ++active_requests_;
+  }
+  OpenLanes();
+}
+
+void Worker::OnLaneDone(bool was_idle) {
+  {
+    absl::MutexLock lock(&mu_);
+    --lanes_alive_;
+    if (was_idle) {
+      --idle_lanes_;
+    } else {
+      --active_requests_;
+    }
+  }
+  // A parked lane that died is replaced only while the control call is up;
+  // when the server is away the reconnect path reopens them.
+  if (was_idle) OpenLanes();
+}
+
+void Worker::OnControlDown(const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    connected_ = false;
+    control_.reset();
+    if (stopping_) return;
+  }
+  BROKER_LOG(kTunnel, kWarn,
+             {{"url", config_.server_url},
+              {"grpc_status", static_cast<int>(status.error_code())},
+              {"error", status.error_message()}},
+             "tunnel connection to the broker server was closed; reconnecting");
+  ScheduleReconnect();
+}
+
+void Worker::ScheduleReconnect() {
+  absl::Duration delay;
+  {
+    absl::MutexLock lock(&mu_);
+    // Full jitter over an exponential backoff, capped.
+    delay = absl::Milliseconds(
+        absl::Uniform<int64_t>(bitgen_, absl::ToInt64Milliseconds(backoff_) / 2,
+                               absl::ToInt64Milliseconds(backoff_) + 1));
+    backoff_ = std::min(backoff_ * 2, kBackoffMax);
+  }
+  reconnect_timer_.expires_after(absl::ToChronoMilliseconds(delay));
+  reconnect_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) Connect();
+  });
+}
+
+void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
+  const http::RequestHead& request = exchange->request();
+  absl::string_view target = request.target;
+  absl::string_view path = target.substr(0, target.find('?'));
+  auto respond = [&](int status, const json& body) {
+    exchange->RespondSimple(
+        status, {{"content-type", "application/json; charset=utf-8"}},
+        body.dump(-1, ' ', false, json::error_handler_t::replace));
+  };
+  if (path == "/healthcheck" && request.method == "GET") {
+    const bool up = Connected();
+    respond(up ? 200 : 500, {{"ok", up},
+                             {"websocketConnectionOpen", up},
+                             {"brokerServerUrl", config_.server_url},
+                             {"version", config_.version},
+                             {"transport", "grpc"}});
+    return;
+  }
+  if (path == "/filters" && request.method == "GET") {
+    respond(200, rules_.Current()->source());
+    return;
+  }
+  if (path == "/filters" && request.method == "POST") {
+    absl::Status reloaded = rules_.ReloadFromFile(config_.accept_path);
+    if (!reloaded.ok()) {
+      respond(500, {{"ok", false}, {"error", std::string(reloaded.message())}});
+      return;
+    }
+    respond(200, rules_.Current()->source());
+    return;
+  }
+  respond(404, {{"ok", false}});
+}
+
+void Worker::Shutdown(absl::Time deadline) {
+  std::shared_ptr<ControlCall> control;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    connected_ = false;
+    control = control_;
+  }
+  if (http_server_) http_server_->Shutdown(deadline);
+  reconnect_timer_.cancel();
+  {
+    // In-flight requests finish first.
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(this, &Worker::Idle), deadline);
+  }
+  if (control) control->Cancel();
+  // Parked lanes: cancel them all and wait for their OnDone.
+  std::vector<std::shared_ptr<ServeLane>> lanes = LiveLanes();
+  for (const auto& lane : lanes) lane->Cancel();
+  lanes.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(this, &Worker::AllLanesEnded),
+                          deadline + absl::Seconds(1));
+  }
+  executor_.Stop();
+}
+
+}  // namespace
+
+absl::Status Validate(const TunnelConfig& config) {
+  if (config.token.empty()) {
+    return absl::InvalidArgumentError("BROKER_TOKEN is required");
+  }
+  absl::StatusOr<common::Url> url = common::ParseHttpUrl(config.server_url);
+  if (!url.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("BROKER_SERVER_URL: ", url.status().message()));
+  }
+  if (config.accept_path.empty()) {
+    return absl::InvalidArgumentError(
+        "ACCEPT is required: the client's accept rules (private rules filter "
+        "relayed requests)");
+  }
+  if (config.lanes < 1 || config.lanes > 1024) {
+    return absl::InvalidArgumentError("BROKER_TUNNEL_LANES must be 1..1024");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BrokerTunnel>> BrokerTunnel::Create(
+    TunnelConfig config) {
+  BROKER_RETURN_IF_ERROR(Validate(config));
+  BROKER_ASSIGN_OR_RETURN(auto rules,
+                          filters::RuleSet::FromFile(config.accept_path));
+  auto worker = std::make_unique<Worker>(std::move(config), std::move(rules));
+  BROKER_RETURN_IF_ERROR(worker->Init());
+  return worker;
+}
+
+}  // namespace broker::tunnel

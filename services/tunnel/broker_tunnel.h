@@ -1,0 +1,50 @@
+#pragma once
+
+#include "filters/origin.h"
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include <memory>
+#include <string>
+
+namespace broker::tunnel {
+
+// Everything broker-tunnel needs, typed. main() builds it from the
+// environment (BROKER_TOKEN, BROKER_SERVER_URL, ACCEPT, PORT, ...).
+struct TunnelConfig {
+  std::string token;        // BROKER_TOKEN: never logged
+  std::string server_url;   // BROKER_SERVER_URL: http(s)://host:port of the
+                            // server's tunnel endpoint
+  std::string accept_path;  // ACCEPT: private rules choose the origin
+  std::string client_url;   // BROKER_CLIENT_URL
+  std::string ca_file;      // CA_CERT: extra trust for origins and server
+  std::string address = "0.0.0.0";
+  int http_port = 8000;  // PORT: /healthcheck, /systemcheck, /filters
+  int lanes = 16;        // BROKER_TUNNEL_LANES: idle lanes kept parked
+  absl::Duration request_timeout = absl::Minutes(10);
+  int io_threads = 2;
+  std::string version = "0.1.0";
+  filters::Variables variables;  // the environment, for ${VAR} in origins
+};
+
+[[nodiscard]] absl::Status Validate(const TunnelConfig& config);
+
+// The worker: keeps a Control call and a pool of Serve lanes open to the
+// server (reconnecting with jittered exponential backoff, forever), serves
+// relayed requests through the private accept rules to the origins, and
+// answers /healthcheck, /systemcheck and /filters locally.
+class BrokerTunnel {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<BrokerTunnel>> Create(
+      TunnelConfig config);
+  virtual ~BrokerTunnel() = default;
+  // Starts the local HTTP server (returns its port) and the tunnel.
+  [[nodiscard]] virtual absl::StatusOr<int> Start() = 0;
+  // Stops taking requests, finishes in-flight ones until `deadline`.
+  virtual void Shutdown(absl::Time deadline) = 0;
+  // Whether the Control call is up (for health checks).
+  virtual bool Connected() const = 0;
+};
+
+}  // namespace broker::tunnel

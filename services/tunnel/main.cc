@@ -1,0 +1,80 @@
+// broker-tunnel: the worker inside the private network. main() reads the
+// environment, builds the typed config, runs until SIGTERM/SIGINT.
+
+#include "common/env_config.h"
+#include "common/logging.h"
+#include "common/signals.h"
+#include "services/tunnel/broker_tunnel.h"
+
+#include "absl/strings/numbers.h"
+
+#include <csignal>
+#include <iostream>
+
+extern char** environ;
+
+int main(int argc, char** argv) {
+  broker::common::BlockTerminationSignals();
+  if (argc > 1 && std::string(argv[1]) == "--help") {
+    std::cout
+        << "broker-tunnel: the tunnel worker inside the private network.\n"
+           "Environment:\n"
+           "  BROKER_TOKEN          broker token (required; never logged)\n"
+           "  BROKER_SERVER_URL     http(s)://host:port of the server's tunnel "
+           "endpoint (required)\n"
+           "  ACCEPT                accept rules file (required)\n"
+           "  PORT                  local HTTP port for /healthcheck, /filters "
+           "(default 8000)\n"
+           "  BROKER_CLIENT_URL     this client's external URL\n"
+           "  CA_CERT               extra CA bundle for origins and server\n"
+           "  BROKER_TUNNEL_LANES   idle lanes kept at the server (default "
+           "16)\n"
+           "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
+           "(default 600000)\n"
+           "  LOG_LEVEL             debug|info|warn|error (default info)\n"
+           "  any other variable    available to ${VAR} in accept rules\n";
+    return 0;
+  }
+  broker::common::EnvReader env = broker::common::EnvReader::FromEnviron();
+  broker::tunnel::TunnelConfig config;
+  auto fail = [](const absl::Status& status) {
+    std::cerr << "broker-tunnel: " << status.message() << "\n";
+    return 2;
+  };
+  auto token = env.Required("BROKER_TOKEN");
+  if (!token.ok()) return fail(token.status());
+  config.token = *token;
+  auto server = env.Required("BROKER_SERVER_URL");
+  if (!server.ok()) return fail(server.status());
+  config.server_url = *server;
+  auto accept = env.Required("ACCEPT");
+  if (!accept.ok()) return fail(accept.status());
+  config.accept_path = *accept;
+  auto port = env.Port("PORT", 8000, broker::common::PortZero::kAllowed);
+  if (!port.ok()) return fail(port.status());
+  config.http_port = *port;
+  config.client_url = env.Optional("BROKER_CLIENT_URL", "");
+  config.ca_file = env.Optional("CA_CERT", "");
+  if (!absl::SimpleAtoi(env.Optional("BROKER_TUNNEL_LANES", "16"),
+                        &config.lanes)) {
+    return fail(absl::InvalidArgumentError(
+        "BROKER_TUNNEL_LANES must be a whole number"));
+  }
+  auto timeout = env.DurationMs("BROKER_REQUEST_TIMEOUT_MS", absl::Minutes(10));
+  if (!timeout.ok()) return fail(timeout.status());
+  config.request_timeout = *timeout;
+  config.variables = broker::filters::Variables::FromEnviron(environ);
+  absl::Status logging =
+      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  if (!logging.ok()) return fail(logging);
+
+  auto tunnel = broker::tunnel::BrokerTunnel::Create(std::move(config));
+  if (!tunnel.ok()) return fail(tunnel.status());
+  auto bound = (*tunnel)->Start();
+  if (!bound.ok()) return fail(bound.status());
+  std::cout << "{\"msg\":\"broker-tunnel listening\",\"port\":" << *bound << "}"
+            << std::endl;
+  broker::common::WaitForTerminationSignal();
+  (*tunnel)->Shutdown(absl::Now() + absl::Seconds(30));
+  return 0;
+}

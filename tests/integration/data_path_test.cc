@@ -1,0 +1,314 @@
+// The Snyk => You data path with real processes on loopback: a test origin,
+// broker-server and broker-tunnel, driven over HTTP like the platform does.
+
+#include "tests/integration/http_fetch.h"
+#include "tests/integration/mesh.h"
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+#include <iostream>
+#include <random>
+#include <signal.h>
+#include <string>
+#include <thread>
+
+namespace broker::testing {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+constexpr char kToken[] = "7f9a8d7c-1b2e-4c3d-9e8f-0a1b2c3d4e5f";
+
+std::string RandomBytes(size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::string out(n, '\0');
+  for (char& c : out) c = static_cast<char>(gen() & 0xFF);
+  return out;
+}
+
+class DataPathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto origin = StartOrigin(&origin_port_);
+    ASSERT_TRUE(origin.ok()) << origin.status();
+    origin_ = *std::move(origin);
+    const std::string origin_url =
+        absl::StrCat("http://127.0.0.1:", origin_port_);
+
+    // The server lets through everything but /secret.
+    server_accept_ = dir_.Write("server-accept.json", R"json({"public": [
+      {"method": "any", "path": "/echo*"},
+      {"method": "GET", "path": "/bytes/:n"},
+      {"method": "GET", "path": "/slow/:ms"},
+      {"method": "GET", "path": "/status/:code"},
+      {"method": "GET", "path": "/die-mid-body/:n"},
+      {"method": "GET", "path": "/headers"},
+      {"method": "GET", "path": "/down"},
+      {"method": "GET", "path": "/client-blocked"},
+      {"method": "GET", "path": "/repos/*"}
+    ]})json");
+    // The client lets through the same, minus /client-blocked.
+    client_accept_ =
+        dir_.Write("client-accept.json", absl::StrCat(R"json({"private": [
+      {"method": "any", "path": "/echo*", "origin": ")json",
+                                                      origin_url, R"json("},
+      {"method": "GET", "path": "/bytes/:n", "origin": ")json",
+                                                      origin_url, R"json("},
+      {"method": "GET", "path": "/slow/:ms", "origin": ")json",
+                                                      origin_url, R"json("},
+      {"method": "GET", "path": "/status/:code", "origin": ")json",
+                                                      origin_url, R"json("},
+      {"method": "GET", "path": "/die-mid-body/:n", "origin": ")json",
+                                                      origin_url, R"json("},
+      {"method": "GET", "path": "/headers",
+       "origin": "http://scm-user:scm-pass@127.0.0.1:)json",
+                                                      origin_port_, R"json("},
+      {"method": "GET", "path": "/down", "origin": "http://127.0.0.1:1"},
+      {"method": "GET", "path": "/repos/:owner/:repo/contents/:path", "origin": ")json",
+                                                      origin_url, R"json("}
+    ]})json"));
+    StartMesh();
+  }
+
+  void StartMesh(std::map<std::string, std::string> server_env = {}) {
+    auto server = StartServer(server_accept_, std::move(server_env));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto tunnel = StartTunnel(kToken, server_.tunnel_port, client_accept_,
+                              *server_.process);
+    ASSERT_TRUE(tunnel.ok()) << tunnel.status();
+    tunnel_ = *std::move(tunnel);
+  }
+
+  void TearDown() override {
+    if (!HasFailure()) return;
+    if (server_.process) {
+      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
+    }
+    if (tunnel_.process) {
+      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
+    }
+  }
+
+  std::string BrokerUrl(absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", server_.http_port, "/broker/",
+                        kToken, path);
+  }
+
+  absl::StatusOr<Fetched> Get(absl::string_view path,
+                              common::http::Headers headers = {}) {
+    return fetcher_.Fetch("GET", BrokerUrl(path), std::move(headers));
+  }
+
+  TempDir dir_;
+  Fetcher fetcher_;
+  int origin_port_ = 0;
+  std::unique_ptr<ChildProcess> origin_;
+  std::string server_accept_;
+  std::string client_accept_;
+  ServerProcess server_;
+  TunnelProcess tunnel_;
+};
+
+TEST_F(DataPathTest, GetIsRelayedWithSnykHeaderHandling) {
+  auto r = Get("/echo?x=1&connection_role=primary&y=2",
+               {{"user-agent", "platform/1.0"},
+                {"snyk-request-id", "0b5e7d2a-6f0c-4f4e-9b1a-2c3d4e5f6a7b"},
+                {"x-forwarded-for", "10.0.0.1"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->Header("snyk-request-id"),
+            "0b5e7d2a-6f0c-4f4e-9b1a-2c3d4e5f6a7b");
+  json echo = json::parse(r->body);
+  EXPECT_EQ(echo["method"], "GET");
+  EXPECT_EQ(echo["path"], "/echo");
+  EXPECT_EQ(echo["query"], "x=1&y=2");  // connection_role is stripped
+  const json& headers = echo["headers"];
+  EXPECT_THAT(headers["user-agent"].get<std::string>(),
+              HasSubstr("Snyk Broker Client"));
+  EXPECT_EQ(headers["x-broker-origin-ua"], "platform/1.0");
+  EXPECT_EQ(headers["x-request-id"], "0b5e7d2a-6f0c-4f4e-9b1a-2c3d4e5f6a7b");
+  EXPECT_FALSE(headers.contains("x-forwarded-for"));
+}
+
+TEST_F(DataPathTest, GeneratesARequestIdWhenThePlatformSendsNone) {
+  auto r = Get("/echo");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Header("snyk-request-id").size(), 36u);
+}
+
+TEST_F(DataPathTest, UserinfoInTheOriginBecomesBasicAuth) {
+  auto r = Get("/headers");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  ASSERT_TRUE(r->body_status.ok()) << r->body_status;
+  json headers = json::parse(r->body, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(headers.is_discarded()) << "body: " << r->body;
+  // base64("scm-user:scm-pass")
+  EXPECT_EQ(headers["authorization"], "Basic c2NtLXVzZXI6c2NtLXBhc3M=");
+}
+
+TEST_F(DataPathTest, PostBodiesArriveByteForByte) {
+  for (size_t size : {size_t{0}, size_t{1}, size_t{65536}, size_t{3} << 20}) {
+    SCOPED_TRACE(size);
+    const std::string body = RandomBytes(size, static_cast<unsigned>(size));
+    for (bool chunked : {false, true}) {
+      auto r = fetcher_.Fetch("POST", BrokerUrl("/echo-body"),
+                              {{"content-type", "application/octet-stream"}},
+                              body, chunked);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->status, 200);
+      EXPECT_TRUE(r->body_status.ok()) << r->body_status;
+      EXPECT_EQ(r->body.size(), body.size());
+      EXPECT_TRUE(r->body == body) << "bytes differ, chunked=" << chunked;
+    }
+  }
+}
+
+TEST_F(DataPathTest, LargeUploadStreams) {
+  // /echo reads the whole body and answers its size and SHA-256.
+  const std::string body = RandomBytes(32 << 20, 7);
+  auto r = fetcher_.Fetch("PUT", BrokerUrl("/echo"), {}, body);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["body_bytes"], body.size());
+}
+
+TEST_F(DataPathTest, LargeDownloadStreams) {
+  constexpr size_t kSize = 64 << 20;
+  auto r = Get(absl::StrCat("/bytes/", kSize));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200);
+  EXPECT_TRUE(r->body_status.ok()) << r->body_status;
+  EXPECT_EQ(r->body.size(), kSize);
+}
+
+TEST_F(DataPathTest, StatusCodesAreRelayed) {
+  for (int code : {201, 204, 299, 404, 500, 503}) {
+    auto r = Get(absl::StrCat("/status/", code));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, code);
+  }
+}
+
+TEST_F(DataPathTest, UnknownTokenIs404NoConnection) {
+  auto r = fetcher_.Fetch(
+      "GET", absl::StrCat("http://127.0.0.1:", server_.http_port,
+                          "/broker/11111111-2222-3333-4444-555555555555/echo"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->Header("x-broker-failure"), "no-connection");
+  EXPECT_EQ(json::parse(r->body), json({{"ok", false}}));
+}
+
+TEST_F(DataPathTest, ServerPublicRulesBlockWithTheHttpFlowReason) {
+  auto r = Get("/secret");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 401);
+  json body = json::parse(r->body);
+  EXPECT_EQ(body["code"], "FILTER_BLOCKED");
+  EXPECT_EQ(body["reason"],
+            "Request does not match any accept rule, blocking HTTP request");
+  EXPECT_EQ(body["url"], "/secret");
+}
+
+TEST_F(DataPathTest, ClientPrivateRulesBlockWithTheTunnelFlowReason) {
+  auto r = Get("/client-blocked");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 401);
+  json body = json::parse(r->body);
+  EXPECT_EQ(body["code"], "FILTER_BLOCKED");
+  EXPECT_EQ(body["reason"],
+            "[Websocket Flow][Blocked Request] Does not match any accept rule");
+}
+
+TEST_F(DataPathTest, EncodedTraversalIsBlockedBeforeTheOrigin) {
+  auto r = Get("/repos/acme/app/contents/%2e%2e%2f.env");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 401);
+  EXPECT_THAT(r->body, HasSubstr("path traversal"));
+}
+
+TEST_F(DataPathTest, DeadOriginIs502Unreachable) {
+  auto r = Get("/down");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 502);
+  EXPECT_EQ(json::parse(r->body)["code"], "DOWNSTREAM_UNREACHABLE");
+}
+
+TEST_F(DataPathTest, OriginDyingMidBodyAbortsTheTransfer) {
+  auto r = Get("/die-mid-body/1048576");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_FALSE(r->body_status.ok()) << "a cut body must not end cleanly";
+  EXPECT_LT(r->body.size(), 1048576u);
+}
+
+TEST_F(DataPathTest, HealthchecksAnswer) {
+  auto server = fetcher_.Fetch(
+      "GET",
+      absl::StrCat("http://127.0.0.1:", server_.http_port, "/healthcheck"));
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(server->status, 200);
+  EXPECT_EQ(json::parse(server->body)["ok"], true);
+  auto tunnel = fetcher_.Fetch(
+      "GET",
+      absl::StrCat("http://127.0.0.1:", tunnel_.http_port, "/healthcheck"));
+  ASSERT_TRUE(tunnel.ok()) << tunnel.status();
+  EXPECT_EQ(tunnel->status, 200);
+  EXPECT_EQ(json::parse(tunnel->body)["websocketConnectionOpen"], true);
+  auto status =
+      fetcher_.Fetch("GET", absl::StrCat("http://127.0.0.1:", server_.http_port,
+                                         "/connection-status/", kToken));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->status, 200);
+}
+
+TEST_F(DataPathTest, TunnelKilledMidRequestFailsFast) {
+  absl::StatusOr<Fetched> result;
+  std::thread request([&] { result = Get("/slow/20000"); });
+  // The origin has the request once the worker relayed it.
+  ASSERT_TRUE(
+      origin_->WaitForLine("request GET /slow/20000", absl::Seconds(10)).ok());
+  const absl::Time killed = absl::Now();
+  tunnel_.process->Signal(SIGKILL);
+  request.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->status, 502);
+  EXPECT_FALSE(result->Header("x-broker-failure").empty());
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(15));
+}
+
+TEST_F(DataPathTest, WorkerReconnectsAfterAServerRestart) {
+  const int tunnel_port = server_.tunnel_port;
+  server_.process->Signal(SIGKILL);
+  ASSERT_TRUE(server_.process->Wait(absl::Seconds(10)).ok());
+  auto server = StartServer(
+      server_accept_, {{"BROKER_TUNNEL_PORT", std::to_string(tunnel_port)}});
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  ASSERT_TRUE(
+      server_.process->WaitForLine("broker client connected", absl::Seconds(20))
+          .ok());
+  auto r = Get("/echo");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(DataPathTest, SigtermExitsCleanly) {
+  tunnel_.process->Signal(SIGTERM);
+  auto tunnel_exit = tunnel_.process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(tunnel_exit.ok()) << tunnel_exit.status();
+  EXPECT_EQ(*tunnel_exit, 0);
+  server_.process->Signal(SIGTERM);
+  auto server_exit = server_.process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(server_exit.ok()) << server_exit.status();
+  EXPECT_EQ(*server_exit, 0);
+}
+
+}  // namespace
+}  // namespace broker::testing

@@ -1,0 +1,59 @@
+#pragma once
+
+// Starts real binaries on loopback for integration tests: a test origin, a
+// broker-server and broker-tunnel workers, each a separate process, with
+// accept files written to a temporary directory.
+
+#include "tests/testing/child_process.h"
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace broker::testing {
+
+struct ServerProcess {
+  std::unique_ptr<ChildProcess> process;
+  int http_port = 0;
+  int tunnel_port = 0;
+};
+
+struct TunnelProcess {
+  std::unique_ptr<ChildProcess> process;
+  int http_port = 0;
+};
+
+// A scratch directory removed with everything in it.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  // Writes `contents` to path()/name and returns the full path.
+  std::string Write(const std::string& name, const std::string& contents) const;
+
+ private:
+  std::string path_;
+};
+
+// The origin (tests/testing/test_origin) as a process; returns its port.
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartOrigin(int* port);
+
+absl::StatusOr<ServerProcess> StartServer(
+    const std::string& accept_path,
+    std::map<std::string, std::string> extra_env = {});
+
+// Starts a worker and waits until the server logged it connected.
+absl::StatusOr<TunnelProcess> StartTunnel(
+    const std::string& token, int server_tunnel_port,
+    const std::string& accept_path, ChildProcess& server,
+    std::map<std::string, std::string> extra_env = {});
+
+// Reads an int member of a JSON line.
+absl::StatusOr<int> JsonInt(const std::string& line, const std::string& key);
+
+}  // namespace broker::testing

@@ -1,0 +1,141 @@
+#include "tests/testing/child_process.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <sys/wait.h>
+
+namespace broker::testing {
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+    const std::string& path, const std::vector<std::string>& args,
+    const std::map<std::string, std::string>& env) {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  if (env.count("PATH") == 0) {
+    const char* path_env = std::getenv("PATH");
+    env_strings.push_back(std::string("PATH=") +
+                          (path_env ? path_env : "/usr/bin:/bin"));
+  }
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(path.c_str()));
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  pid_t pid = fork();
+  if (pid < 0) {
+    return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    dup2(pipe_fds[1], STDOUT_FILENO);
+    // The test may have blocked signals; the child starts clean.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execve(path.c_str(), argv.data(), envp.data());
+    _exit(127);
+  }
+  close(pipe_fds[1]);
+  return std::unique_ptr<ChildProcess>(new ChildProcess(pid, pipe_fds[0]));
+}
+
+ChildProcess::ChildProcess(pid_t pid, int stdout_fd)
+    : pid_(pid), stdout_fd_(stdout_fd), reader_([this] { Drain(); }) {}
+
+ChildProcess::~ChildProcess() {
+  if (!exited_) {
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+  reader_.join();  // EOF once the child (and its inheritors) are gone
+  close(stdout_fd_);
+}
+
+void ChildProcess::Drain() {
+  char chunk[4096];
+  while (true) {
+    ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    absl::MutexLock lock(&mu_);
+    if (n <= 0) {
+      eof_ = true;
+      return;
+    }
+    buffer_.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+absl::StatusOr<std::string> ChildProcess::WaitForLine(const std::string& needle,
+                                                      absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    size_t newline;
+    while ((newline = buffer_.find('\n', consumed_)) != std::string::npos) {
+      std::string line = buffer_.substr(consumed_, newline - consumed_);
+      consumed_ = newline + 1;
+      if (line.find(needle) != std::string::npos) return line;
+    }
+    if (eof_) {
+      return absl::UnavailableError(
+          absl::StrCat("pid ", pid_, " closed stdout before \"", needle, "\""));
+    }
+    const size_t seen = buffer_.size();
+    auto grew = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return eof_ || buffer_.size() != seen;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&grew), deadline)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("no line with \"", needle, "\" from pid ", pid_));
+    }
+  }
+}
+
+std::string ChildProcess::Output() {
+  absl::MutexLock lock(&mu_);
+  return buffer_;
+}
+
+void ChildProcess::Signal(int signal) {
+  if (!exited_) kill(pid_, signal);
+}
+
+absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
+  if (exited_) return exit_code_;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exited_ = true;
+      exit_code_ =
+          WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("pid ", pid_, " still running"));
+    }
+    // The child's stdout closes when it exits: wait for that, briefly.
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&eof_), absl::Milliseconds(20));
+  }
+}
+
+}  // namespace broker::testing

@@ -1,0 +1,62 @@
+#pragma once
+
+// A real binary started by a test: fork/exec with its own environment,
+// stdout captured line by line (to learn the ports it bound), stopped with
+// a signal. No sleeps: reads wait on poll() with a deadline.
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace broker::testing {
+
+class ChildProcess {
+ public:
+  // Starts `path` with `args` and exactly `env` as its environment
+  // (PATH is added). stderr goes to the test's stderr.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
+      const std::string& path, const std::vector<std::string>& args,
+      const std::map<std::string, std::string>& env);
+
+  ~ChildProcess();  // SIGKILL if still running, then reaps
+
+  // The next stdout line containing `needle`, waiting until `deadline`.
+  [[nodiscard]] absl::StatusOr<std::string> WaitForLine(
+      const std::string& needle, absl::Duration timeout);
+
+  // Everything the child wrote to stdout so far (to print on failure).
+  std::string Output() ABSL_LOCKS_EXCLUDED(mu_);
+
+  void Signal(int signal);
+  // Waits for exit; returns the exit status (or 128+signal), or an error at
+  // the deadline.
+  [[nodiscard]] absl::StatusOr<int> Wait(absl::Duration timeout);
+
+  pid_t pid() const { return pid_; }
+
+ private:
+  ChildProcess(pid_t pid, int stdout_fd);
+  void Drain();  // reader thread: the pipe never fills, whatever the child logs
+
+  const pid_t pid_;
+  const int stdout_fd_;
+  std::thread reader_;
+  bool exited_ = false;
+  int exit_code_ = 0;
+
+  absl::Mutex mu_;
+  std::string buffer_ ABSL_GUARDED_BY(mu_);
+  size_t consumed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool eof_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace broker::testing
