@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Sets everything up, builds, and demonstrates what is built so far: the
-# accept-rule engine deciding real requests against Snyk's GitHub template,
-# and `broker-filter lint` reporting risky rules. (The broker mesh joins this
-# demonstration as its services land.)
+# Sets everything up, builds, and demonstrates what is built so far: a
+# platform request relayed broker-server -> gRPC tunnel -> broker-tunnel ->
+# origin on loopback, the accept-rule engine deciding real requests against
+# Snyk's GitHub template, and `broker-filter lint` reporting risky rules.
+# (The HA mesh, git and webhooks join this demonstration as they land.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
-bold "1/3 Installing packages (Debian 12)"
+bold "1/4 Installing packages (Debian 12)"
 scripts/setup.sh
 
-bold "2/3 Building broker-filter (build/release)"
+bold "2/4 Building (build/release; the first build takes a few minutes)"
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBROKER_BENCH=OFF >/dev/null
-cmake --build build/release --target broker_filter -j "$(nproc)" | tail -n 1
+cmake --build build/release -j "$(nproc)" --target broker_filter \
+  broker_server_bin broker_tunnel_bin test_origin_bin
 
-bold "3/3 Deciding requests with Snyk's GitHub template (tests/fixtures/accept-templates/github-com.json)"
+bold "3/4 A platform request through the tunnel (all on 127.0.0.1)"
+scripts/demo_tunnel.sh build/release
+
+bold "4/4 Deciding requests with Snyk's GitHub template (tests/fixtures/accept-templates/github-com.json)"
 filter=build/release/filters/broker-filter
 accept=tests/fixtures/accept-templates/github-com.json
 export GITHUB_TOKEN=ghp_demo_token GITHUB_API=api.github.com GITHUB_RAW=raw.githubusercontent.com
