@@ -240,6 +240,20 @@ TEST_F(DataPathTest, DeadOriginIs502Unreachable) {
   EXPECT_EQ(json::parse(r->body)["code"], "DOWNSTREAM_UNREACHABLE");
 }
 
+TEST_F(DataPathTest, SlowOriginPastTheDeadlineIs504) {
+  // A mesh whose requests have a 1 s deadline.
+  tunnel_.process->Signal(SIGKILL);
+  server_.process->Signal(SIGKILL);
+  ASSERT_TRUE(tunnel_.process->Wait(absl::Seconds(10)).ok());
+  ASSERT_TRUE(server_.process->Wait(absl::Seconds(10)).ok());
+  StartMesh({{"BROKER_REQUEST_TIMEOUT_MS", "1000"}});
+  const absl::Time start = absl::Now();
+  auto r = Get("/slow/10000");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 504) << r->body;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+}
+
 TEST_F(DataPathTest, OriginDyingMidBodyAbortsTheTransfer) {
   auto r = Get("/die-mid-body/1048576");
   ASSERT_TRUE(r.ok()) << r.status();
