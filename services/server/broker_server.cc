@@ -1,10 +1,12 @@
 #include "services/server/broker_server.h"
 
 #include "common/executor.h"
+#include "common/file.h"
 #include "common/http/server.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/token.h"
+#include "common/uuid.h"
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
 #include "services/server/relay.h"
@@ -23,9 +25,6 @@
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
 
-#include <fstream>
-#include <sstream>
-
 namespace broker::server {
 namespace {
 
@@ -37,41 +36,14 @@ constexpr absl::string_view kRequestIdHeaders[] = {
     "x-akamai-request-id", "x-request-id", "snyk-request-id",
     "x-github-delivery", "x-gitlab-event-uuid"};
 
-bool IsUuid(absl::string_view s) {
-  if (s.size() != 36) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (s[i] != '-') return false;
-    } else if (!absl::ascii_isxdigit(static_cast<unsigned char>(s[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
-
-std::string NewUuid() {
-  static absl::Mutex mu(absl::kConstInit);
-  static auto* gen = new absl::BitGen();
-  uint64_t hi = 0;
-  uint64_t lo = 0;
-  {
-    absl::MutexLock lock(&mu);
-    hi = absl::Uniform<uint64_t>(*gen);
-    lo = absl::Uniform<uint64_t>(*gen);
-  }
-  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
-  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // variant
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
-                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
-                         lo & 0xFFFFFFFFFFFFULL);
-}
-
 std::string RequestIdOf(const http::RequestHead& request) {
   for (absl::string_view name : kRequestIdHeaders) {
     auto value = http::FindHeader(request.headers, name);
-    if (value && IsUuid(*value)) return std::string(*value);
+    if (value && common::IsUuid(std::string(*value))) {
+      return std::string(*value);
+    }
   }
-  return NewUuid();
+  return common::NewUuid();
 }
 
 // Removes every `connection_role` parameter from a query string.
@@ -113,9 +85,12 @@ class DefaultBrokerServer final : public BrokerServer {
     std::shared_ptr<grpc::ServerCredentials> credentials =
         grpc::InsecureServerCredentials();
     if (!config_.tls_cert_file.empty()) {
+      BROKER_ASSIGN_OR_RETURN(std::string key,
+                              common::ReadFileToString(config_.tls_key_file));
+      BROKER_ASSIGN_OR_RETURN(std::string cert,
+                              common::ReadFileToString(config_.tls_cert_file));
       grpc::SslServerCredentialsOptions options;
-      options.pem_key_cert_pairs.push_back(
-          {ReadFile(config_.tls_key_file), ReadFile(config_.tls_cert_file)});
+      options.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
       credentials = grpc::SslServerCredentials(options);
     }
     builder.AddListeningPort(
@@ -170,13 +145,6 @@ class DefaultBrokerServer final : public BrokerServer {
   }
 
  private:
-  static std::string ReadFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-  }
-
   void Route(std::shared_ptr<http::Exchange> exchange) {
     const http::RequestHead& request = exchange->request();
     absl::string_view target = request.target;
@@ -254,7 +222,7 @@ class DefaultBrokerServer final : public BrokerServer {
     http::Headers headers;
     // "/ctx/<uuid>" becomes the x-snyk-broker-context-id header.
     if (absl::StartsWith(url, "/ctx/") && url.size() >= 5 + 36 &&
-        IsUuid(absl::string_view(url).substr(5, 36)) &&
+        common::IsUuid(url.substr(5, 36)) &&
         (url.size() == 41 || url[41] == '/' || url[41] == '?')) {
       headers.push_back({"x-snyk-broker-context-id", url.substr(5, 36)});
       url.erase(0, 41);

@@ -2,11 +2,13 @@
 
 #include "common/env_config.h"
 #include "common/executor.h"
+#include "common/file.h"
 #include "common/http/client.h"
 #include "common/http/server.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/token.h"
+#include "common/uuid.h"
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
 
@@ -24,8 +26,6 @@
 #include "nlohmann/json.hpp"
 
 #include <deque>
-#include <fstream>
-#include <sstream>
 
 namespace broker::tunnel {
 namespace {
@@ -36,24 +36,6 @@ using nlohmann::json;
 
 constexpr absl::Duration kBackoffFirst = absl::Milliseconds(100);
 constexpr absl::Duration kBackoffMax = absl::Seconds(10);
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::string NewClientId() {
-  absl::BitGen gen;
-  uint64_t hi = absl::Uniform<uint64_t>(gen);
-  uint64_t lo = absl::Uniform<uint64_t>(gen);
-  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;
-  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
-                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
-                         lo & 0xFFFFFFFFFFFFULL);
-}
 
 // Headers Snyk's client removes before calling the origin
 // (reference section 2.7), plus hop-by-hop headers.
@@ -109,7 +91,7 @@ class Worker final : public BrokerTunnel {
         executor_(config_.io_threads),
         rules_(std::move(rules)),
         resolver_(config_.variables),
-        client_id_(NewClientId()),
+        client_id_(common::NewUuid()),
         reconnect_timer_(executor_.io()) {}
 
   // Creates the origin client (needs the executor).
@@ -658,9 +640,12 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel() const {
   if (url->scheme == "https") {
     grpc::SslCredentialsOptions options;
     if (!config_.ca_file.empty()) {
-      // Extra trust on top of the system store, as CA_CERT means.
-      options.pem_root_certs = ReadFile("/etc/ssl/certs/ca-certificates.crt") +
-                               "\n" + ReadFile(config_.ca_file);
+      // Extra trust on top of the system store, as CA_CERT means. Validate()
+      // checked that the file is readable.
+      options.pem_root_certs =
+          common::ReadFileToString("/etc/ssl/certs/ca-certificates.crt")
+              .value_or("") +
+          "\n" + common::ReadFileToString(config_.ca_file).value_or("");
     }
     credentials = grpc::SslCredentials(options);
   }
@@ -897,6 +882,13 @@ absl::Status Validate(const TunnelConfig& config) {
     return absl::InvalidArgumentError(
         "ACCEPT is required: the client's accept rules (private rules filter "
         "relayed requests)");
+  }
+  if (!config.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = common::ReadFileToString(config.ca_file);
+    if (!ca.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CA_CERT: ", ca.status().message()));
+    }
   }
   if (config.lanes < 1 || config.lanes > 1024) {
     return absl::InvalidArgumentError("BROKER_TUNNEL_LANES must be 1..1024");
