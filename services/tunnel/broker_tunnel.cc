@@ -124,12 +124,17 @@ class Worker final : public BrokerTunnel {
  private:
   void Connect() ABSL_LOCKS_EXCLUDED(mu_);
   void OpenLanes() ABSL_LOCKS_EXCLUDED(mu_);
+  int ReserveLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OpenReserved(int count) ABSL_LOCKS_EXCLUDED(mu_);
   void ScheduleReconnect() ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<ServeLane>> LiveLanes() ABSL_LOCKS_EXCLUDED(mu_);
   void HandleLocal(std::shared_ptr<http::Exchange> exchange);
   std::shared_ptr<grpc::Channel> MakeChannel() const;
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return active_requests_ == 0;
+  }
+  bool ControlEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return control_ == nullptr;
   }
   bool AllLanesEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return lanes_alive_ == 0;
@@ -717,19 +722,31 @@ void Worker::OnControlUp() {
   OpenLanes();
 }
 
+int Worker::ReserveLanesLocked() {
+  if (!connected_ || stopping_) return 0;
+  const int to_open = config_.lanes - idle_lanes_;
+  if (to_open <= 0) return 0;
+  idle_lanes_ += to_open;
+  lanes_alive_ += to_open;
+  return to_open;
+}
+
 void Worker::OpenLanes() {
   int to_open = 0;
   {
     absl::MutexLock lock(&mu_);
-    if (!connected_ || stopping_) return;
-    to_open = config_.lanes - idle_lanes_;
-    if (to_open <= 0) return;
-    idle_lanes_ += to_open;
-    lanes_alive_ += to_open;
+    to_open = ReserveLanesLocked();
   }
+  OpenReserved(to_open);
+}
+
+// The lanes were counted in lanes_alive_ by ReserveLanesLocked(), so a
+// concurrent Shutdown() waits for them.
+void Worker::OpenReserved(int count) {
+  if (count <= 0) return;
   std::vector<std::shared_ptr<ServeLane>> opened;
-  opened.reserve(to_open);
-  for (int i = 0; i < to_open; ++i) {
+  opened.reserve(count);
+  for (int i = 0; i < count; ++i) {
     opened.push_back(ServeLane::Open(*this, *stub_, config_.token, client_id_));
   }
   absl::MutexLock lock(&mu_);
@@ -760,18 +777,23 @@ void Worker::OnLaneTaken() {
 }
 
 void Worker::OnLaneDone(bool was_idle) {
+  int replacements = 0;
   {
     absl::MutexLock lock(&mu_);
-    --lanes_alive_;
     if (was_idle) {
       --idle_lanes_;
     } else {
       --active_requests_;
     }
+    // A parked lane that died is replaced only while the control call is
+    // up; when the server is away the reconnect path reopens them. The
+    // replacements are counted before this lane stops counting, and the
+    // decrement is this call's last touch of the worker when there are
+    // none: Shutdown() may destroy it right after.
+    if (was_idle) replacements = ReserveLanesLocked();
+    --lanes_alive_;
   }
-  // A parked lane that died is replaced only while the control call is up;
-  // when the server is away the reconnect path reopens them.
-  if (was_idle) OpenLanes();
+  OpenReserved(replacements);
 }
 
 void Worker::OnControlDown(const grpc::Status& status) {
@@ -854,7 +876,14 @@ void Worker::Shutdown(absl::Time deadline) {
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithDeadline(absl::Condition(this, &Worker::Idle), deadline);
   }
-  if (control) control->Cancel();
+  if (control) {
+    control->Cancel();
+    control.reset();
+    // Its OnDone calls back into this worker: wait for it.
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(this, &Worker::ControlEnded),
+                          deadline + absl::Seconds(1));
+  }
   // Parked lanes: cancel them all and wait for their OnDone.
   std::vector<std::shared_ptr<ServeLane>> lanes = LiveLanes();
   for (const auto& lane : lanes) lane->Cancel();
