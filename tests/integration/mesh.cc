@@ -91,8 +91,13 @@ absl::StatusOr<TunnelProcess> StartTunnel(
   auto port = JsonInt(*line, "port");
   if (!port.ok()) return port.status();
   tunnel.http_port = *port;
+  // Both ends must know: the server registered the worker, and the worker
+  // read the server's Welcome (its /healthcheck reports that).
   auto connected = server.WaitForLine("broker client connected", kStartTimeout);
   if (!connected.ok()) return connected.status();
+  auto welcomed = (*process)->WaitForLine(
+      "tunnel connected to the broker server", kStartTimeout);
+  if (!welcomed.ok()) return welcomed.status();
   tunnel.process = *std::move(process);
   return tunnel;
 }
