@@ -85,19 +85,19 @@ absl::StatusOr<TunnelProcess> StartTunnel(
   env.emplace("LOG_LEVEL", "info");
   auto process = ChildProcess::Start(BROKER_TUNNEL_BIN, {}, env);
   if (!process.ok()) return process.status();
-  auto line = (*process)->WaitForLine("broker-tunnel listening", kStartTimeout);
-  if (!line.ok()) return line.status();
+  // The worker may read the server's Welcome (its /healthcheck then reports
+  // the tunnel) before main() prints the port: wait for both lines at once.
+  auto lines = (*process)->WaitForLines(
+      {"broker-tunnel listening", "tunnel connected to the broker server"},
+      kStartTimeout);
+  if (!lines.ok()) return lines.status();
   TunnelProcess tunnel;
-  auto port = JsonInt(*line, "port");
+  auto port = JsonInt(lines->front(), "port");
   if (!port.ok()) return port.status();
   tunnel.http_port = *port;
-  // Both ends must know: the server registered the worker, and the worker
-  // read the server's Welcome (its /healthcheck reports that).
+  // The server registered the worker too.
   auto connected = server.WaitForLine("broker client connected", kStartTimeout);
   if (!connected.ok()) return connected.status();
-  auto welcomed = (*process)->WaitForLine(
-      "tunnel connected to the broker server", kStartTimeout);
-  if (!welcomed.ok()) return welcomed.status();
   tunnel.process = *std::move(process);
   return tunnel;
 }

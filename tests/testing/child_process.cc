@@ -1,8 +1,11 @@
 #include "tests/testing/child_process.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 #include "absl/time/clock.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -83,26 +86,52 @@ void ChildProcess::Drain() {
 
 absl::StatusOr<std::string> ChildProcess::WaitForLine(const std::string& needle,
                                                       absl::Duration timeout) {
+  BROKER_ASSIGN_OR_RETURN(std::vector<std::string> lines,
+                          WaitForLines({needle}, timeout));
+  return std::move(lines.front());
+}
+
+absl::StatusOr<std::vector<std::string>> ChildProcess::WaitForLines(
+    const std::vector<std::string>& needles, absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   const absl::Time deadline = absl::Now() + timeout;
+  std::vector<std::string> found(needles.size());
+  std::vector<bool> matched(needles.size(), false);
+  size_t missing = needles.size();
+  size_t scanned = consumed_;
   while (true) {
     size_t newline;
-    while ((newline = buffer_.find('\n', consumed_)) != std::string::npos) {
-      std::string line = buffer_.substr(consumed_, newline - consumed_);
-      consumed_ = newline + 1;
-      if (line.find(needle) != std::string::npos) return line;
+    while (missing > 0 &&
+           (newline = buffer_.find('\n', scanned)) != std::string::npos) {
+      absl::string_view line(buffer_.data() + scanned, newline - scanned);
+      scanned = newline + 1;
+      for (size_t i = 0; i < needles.size(); ++i) {
+        if (!matched[i] && absl::StrContains(line, needles[i])) {
+          matched[i] = true;
+          found[i] = std::string(line);
+          --missing;
+          break;
+        }
+      }
     }
+    if (missing == 0) {
+      consumed_ = scanned;
+      return found;
+    }
+    const std::string first_missing =
+        needles[std::find(matched.begin(), matched.end(), false) -
+                matched.begin()];
     if (eof_) {
-      return absl::UnavailableError(
-          absl::StrCat("pid ", pid_, " closed stdout before \"", needle, "\""));
+      return absl::UnavailableError(absl::StrCat(
+          "pid ", pid_, " closed stdout before \"", first_missing, "\""));
     }
     const size_t seen = buffer_.size();
     auto grew = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return eof_ || buffer_.size() != seen;
     };
     if (!mu_.AwaitWithDeadline(absl::Condition(&grew), deadline)) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("no line with \"", needle, "\" from pid ", pid_));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "no line with \"", first_missing, "\" from pid ", pid_));
     }
   }
 }

@@ -29,9 +29,16 @@ class ChildProcess {
 
   ~ChildProcess();  // SIGKILL if still running, then reaps
 
-  // The next stdout line containing `needle`, waiting until `deadline`.
+  // The next stdout line containing `needle`, waiting up to `timeout`.
+  // Lines before it are consumed: a later wait does not see them.
   [[nodiscard]] absl::StatusOr<std::string> WaitForLine(
       const std::string& needle, absl::Duration timeout);
+
+  // Waits until each needle has appeared in an unconsumed line, in any
+  // order (for lines that concurrent threads of the child print), and
+  // consumes up to the last of them. The matched lines, in needle order.
+  [[nodiscard]] absl::StatusOr<std::vector<std::string>> WaitForLines(
+      const std::vector<std::string>& needles, absl::Duration timeout);
 
   // Everything the child wrote to stdout so far (to print on failure).
   std::string Output() ABSL_LOCKS_EXCLUDED(mu_);
@@ -49,7 +56,6 @@ class ChildProcess {
 
   const pid_t pid_;
   const int stdout_fd_;
-  std::thread reader_;
   bool exited_ = false;
   int exit_code_ = 0;
 
@@ -57,6 +63,9 @@ class ChildProcess {
   std::string buffer_ ABSL_GUARDED_BY(mu_);
   size_t consumed_ ABSL_GUARDED_BY(mu_) = 0;
   bool eof_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Last: the thread starts in the constructor and uses every member above.
+  std::thread reader_;
 };
 
 }  // namespace broker::testing
