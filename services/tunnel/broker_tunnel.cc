@@ -114,7 +114,8 @@ class Worker final : public BrokerTunnel {
   void OnLaneTaken() ABSL_LOCKS_EXCLUDED(mu_);
   void OnLaneDone(bool was_idle) ABSL_LOCKS_EXCLUDED(mu_);
   void OnControlUp() ABSL_LOCKS_EXCLUDED(mu_);
-  void OnControlDown(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnControlDown(const ControlCall* call, const grpc::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   filters::RuleSetHolder& rules() { return rules_; }
   const filters::OriginResolver& resolver() const { return resolver_; }
@@ -205,7 +206,7 @@ class ControlCall final
   }
 
   void OnDone(const grpc::Status& status) override {
-    worker_.OnControlDown(status);
+    worker_.OnControlDown(this, status);
     self_.reset();  // may delete this: last statement
   }
 
@@ -793,15 +794,18 @@ void Worker::OnLaneDone(bool was_idle) {
     if (was_idle) replacements = ReserveLanesLocked();
     --lanes_alive_;
   }
-  OpenReserved(replacements);
+  if (replacements > 0) OpenReserved(replacements);
 }
 
-void Worker::OnControlDown(const grpc::Status& status) {
+void Worker::OnControlDown(const ControlCall* call,
+                           const grpc::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     connected_ = false;
-    control_.reset();
-    if (stopping_) return;
+    if (stopping_) {
+      control_.reset();
+      return;
+    }
   }
   BROKER_LOG(kTunnel, kWarn,
              {{"url", config_.server_url},
@@ -809,18 +813,22 @@ void Worker::OnControlDown(const grpc::Status& status) {
               {"error", status.error_message()}},
              "tunnel connection to the broker server was closed; reconnecting");
   ScheduleReconnect();
+  // Shutdown() waits for control_ to clear, so this stays the last touch of
+  // the worker. The reconnect may already have installed a newer call.
+  absl::MutexLock lock(&mu_);
+  if (control_.get() == call) control_.reset();
 }
 
 void Worker::ScheduleReconnect() {
-  absl::Duration delay;
-  {
-    absl::MutexLock lock(&mu_);
-    // Full jitter over an exponential backoff, capped.
-    delay = absl::Milliseconds(
-        absl::Uniform<int64_t>(bitgen_, absl::ToInt64Milliseconds(backoff_) / 2,
-                               absl::ToInt64Milliseconds(backoff_) + 1));
-    backoff_ = std::min(backoff_ * 2, kBackoffMax);
-  }
+  // Armed under the lock that Shutdown() takes to cancel it, so a stopping
+  // worker never arms it again.
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  // Full jitter over an exponential backoff, capped.
+  const absl::Duration delay = absl::Milliseconds(
+      absl::Uniform<int64_t>(bitgen_, absl::ToInt64Milliseconds(backoff_) / 2,
+                             absl::ToInt64Milliseconds(backoff_) + 1));
+  backoff_ = std::min(backoff_ * 2, kBackoffMax);
   reconnect_timer_.expires_after(absl::ToChronoMilliseconds(delay));
   reconnect_timer_.async_wait([this](boost::system::error_code ec) {
     if (!ec) Connect();
@@ -868,9 +876,9 @@ void Worker::Shutdown(absl::Time deadline) {
     stopping_ = true;
     connected_ = false;
     control = control_;
+    reconnect_timer_.cancel();
   }
   if (http_server_) http_server_->Shutdown(deadline);
-  reconnect_timer_.cancel();
   {
     // In-flight requests finish first.
     absl::MutexLock lock(&mu_);
