@@ -46,7 +46,10 @@ function(broker_cc_test)
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gmock_main)
   target_compile_definitions(${ARG_NAME} PRIVATE
     BROKER_TEST_FIXTURES_DIR="${PROJECT_SOURCE_DIR}/tests/fixtures")
+  # Every test case has a deadline: a hang fails that case instead of
+  # stalling the whole run.
   gtest_discover_tests(${ARG_NAME}
     DISCOVERY_MODE PRE_TEST
-    PROPERTIES LABELS "${ARG_LABELS}")
+    DISCOVERY_TIMEOUT 60
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT 300)
 endfunction()

@@ -39,7 +39,7 @@ fi
 step "Running the tests under AddressSanitizer + UBSan"
 (cd build/asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --output-on-failure -j "$jobs")
+  ctest --output-on-failure --timeout 300 -j "$jobs")
 
 step "Running the tests (g++ build)"
-(cd build/gcc && ctest --output-on-failure -j "$jobs")
+(cd build/gcc && ctest --output-on-failure --timeout 300 -j "$jobs")
