@@ -1,8 +1,9 @@
 #include "tests/testing/child_process.h"
 
+#include "common/status.h"
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/status.h"
 #include "absl/time/clock.h"
 
 #include <algorithm>
@@ -130,8 +131,8 @@ absl::StatusOr<std::vector<std::string>> ChildProcess::WaitForLines(
       return eof_ || buffer_.size() != seen;
     };
     if (!mu_.AwaitWithDeadline(absl::Condition(&grew), deadline)) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "no line with \"", first_missing, "\" from pid ", pid_));
+      return absl::DeadlineExceededError(
+          absl::StrCat("no line with \"", first_missing, "\" from pid ", pid_));
     }
   }
 }
