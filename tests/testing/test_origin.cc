@@ -623,6 +623,9 @@ void TestOrigin::Impl::Accept() {
       return;
     }
     if (!ec) {
+      // Like real origins: no Nagle delay between a head and its body.
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);
       if (tls_.has_value()) {
         std::make_shared<Session<ssl::stream<beast::tcp_stream>>>(
             *this, std::move(socket), *tls_)
