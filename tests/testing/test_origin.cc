@@ -3,11 +3,13 @@
 #include "common/status.h"
 
 #include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
@@ -31,14 +33,24 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
 #include <functional>
 #include <limits>
 #include <optional>
+#include <pthread.h>
+#include <spawn.h>
 #include <thread>
 #include <type_traits>
+#include <unistd.h>
 #include <utility>
 #include <vector>
+
+#include <sys/wait.h>
 
 namespace broker::testing {
 namespace {
@@ -76,6 +88,163 @@ std::optional<std::uint64_t> NumberAfter(absl::string_view path,
   return n;
 }
 
+// What a CGI program answered: its Status line, its other header lines
+// and the body after the blank line.
+struct CgiResult {
+  unsigned status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+[[nodiscard]] absl::Status ErrnoError(absl::string_view what) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
+}
+
+// Splits a CGI program's output into its header lines and body.
+absl::StatusOr<CgiResult> ParseCgiOutput(const std::string& output) {
+  const std::size_t crlf = output.find("\r\n\r\n");
+  const std::size_t lf = output.find("\n\n");
+  std::size_t end = std::min(crlf, lf);
+  if (end == std::string::npos) {
+    return absl::InternalError("the CGI answered no header block");
+  }
+  const std::size_t body_start = end + (end == crlf ? 4 : 2);
+  CgiResult result;
+  for (absl::string_view line :
+       absl::StrSplit(absl::string_view(output).substr(0, end), '\n')) {
+    absl::ConsumeSuffix(&line, "\r");
+    if (line.empty()) continue;
+    const std::size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) {
+      return absl::InternalError(absl::StrCat("bad CGI header: ", line));
+    }
+    const absl::string_view name = line.substr(0, colon);
+    const absl::string_view value =
+        absl::StripAsciiWhitespace(line.substr(colon + 1));
+    if (absl::EqualsIgnoreCase(name, "Status")) {
+      // "404 Not Found"
+      if (!absl::SimpleAtoi(value.substr(0, value.find(' ')), &result.status)) {
+        return absl::InternalError(absl::StrCat("bad CGI status: ", value));
+      }
+    } else {
+      result.headers.emplace_back(std::string(name), std::string(value));
+    }
+  }
+  result.body = output.substr(body_start);
+  return result;
+}
+
+// Runs `git http-backend` with exactly `env`, writes `body` to its stdin on
+// a second thread while this one reads its stdout (so neither pipe can fill
+// up and stall the other), and waits for it. Blocking: call it on a thread
+// of its own.
+absl::StatusOr<CgiResult> RunGitHttpBackend(std::vector<std::string> env,
+                                            std::string body) {
+  std::array<int, 2> in{-1, -1};
+  std::array<int, 2> out{-1, -1};
+  // O_CLOEXEC: a CGI started concurrently must not inherit these ends, or
+  // this one's stdin would never see EOF.
+  if (pipe2(in.data(), O_CLOEXEC) != 0) return ErrnoError("pipe");
+  absl::Cleanup close_in = [&in] {
+    for (int fd : in) {
+      if (fd >= 0) close(fd);
+    }
+  };
+  if (pipe2(out.data(), O_CLOEXEC) != 0) return ErrnoError("pipe");
+  absl::Cleanup close_out = [&out] {
+    for (int fd : out) {
+      if (fd >= 0) close(fd);
+    }
+  };
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  absl::Cleanup destroy_actions = [&actions] {
+    posix_spawn_file_actions_destroy(&actions);
+  };
+  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  absl::Cleanup destroy_attr = [&attr] { posix_spawnattr_destroy(&attr); };
+  // The caller's threads may block signals (test-origin blocks SIGTERM);
+  // git starts with none blocked and SIGPIPE at its default.
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  std::array<char*, 3> argv = {const_cast<char*>("git"),
+                               const_cast<char*>("http-backend"), nullptr};
+  std::vector<char*> envp;
+  envp.reserve(env.size() + 1);
+  for (std::string& entry : env) envp.push_back(entry.data());
+  envp.push_back(nullptr);
+  pid_t pid = 0;
+  const int spawned =
+      posix_spawnp(&pid, "git", &actions, &attr, argv.data(), envp.data());
+  if (spawned != 0) {
+    return absl::InternalError(
+        absl::StrCat("spawn git http-backend: ", std::strerror(spawned)));
+  }
+  close(in[0]);
+  in[0] = -1;
+  close(out[1]);
+  out[1] = -1;
+
+  // The writer owns the write end and closes it when done: a CGI that
+  // reads its stdin to EOF (no CONTENT_LENGTH) needs that to finish.
+  std::thread writer([fd = std::exchange(in[1], -1), &body] {
+    // A CGI that exits without reading its stdin must not kill the origin
+    // with SIGPIPE: blocked here, the write fails with EPIPE instead.
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+    std::size_t written = 0;
+    while (written < body.size()) {
+      const ssize_t n = write(fd, body.data() + written, body.size() - written);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      written += static_cast<std::size_t>(n);
+    }
+    close(fd);
+  });
+  std::string output;
+  std::array<char, std::size_t{64} * 1024> chunk{};
+  while (true) {
+    const ssize_t n = read(out[0], chunk.data(), chunk.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    output.append(chunk.data(), static_cast<std::size_t>(n));
+  }
+  writer.join();
+  int wait_status = 0;
+  while (waitpid(pid, &wait_status, 0) < 0) {
+    if (errno != EINTR) return ErrnoError("waitpid");
+  }
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
+    if (output.empty()) {
+      return absl::InternalError(absl::StrCat(
+          "git http-backend failed (wait status ", wait_status, ")"));
+    }
+  }
+  return ParseCgiOutput(output);
+}
+
+// Copies `name` from this process's environment into `env`, if set.
+void PassThrough(const char* name, std::vector<std::string>& env) {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing in the origin sets env.
+  if (const char* value = std::getenv(name)) {
+    env.push_back(absl::StrCat(name, "=", value));
+  }
+}
+
 }  // namespace
 
 class TestOrigin::Impl {
@@ -87,6 +256,14 @@ class TestOrigin::Impl {
   ~Impl() {
     io_.stop();
     for (std::thread& thread : threads_) thread.join();
+    // CGI threads end when their git does; what they post to the stopped
+    // io_context is destroyed with it.
+    std::vector<std::thread> workers;
+    {
+      absl::MutexLock lock(&mu_);
+      workers.swap(workers_);
+    }
+    for (std::thread& worker : workers) worker.join();
     beast::error_code ignored;
     acceptor_.close(ignored);
     // Members after this point go first: the acceptor, then the io_context,
@@ -112,6 +289,12 @@ class TestOrigin::Impl {
     absl::MutexLock lock(&mu_);
     --connections_;
   }
+  // Runs blocking work (a CGI) on a thread of its own, joined when the
+  // origin stops.
+  void RunOnThread(std::function<void()> work) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    workers_.emplace_back(std::move(work));
+  }
   int open_connections() const ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return connections_;
@@ -134,6 +317,7 @@ class TestOrigin::Impl {
   std::atomic<std::uint64_t> body_bytes_{0};
   mutable absl::Mutex mu_;
   int connections_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   std::optional<ssl::context> tls_;
   // Sessions refer to everything above; they die with io_.
   net::io_context io_;
@@ -204,6 +388,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     sha_ = Sha256();
     request_body_bytes_ = 0;
+    keep_body_ = false;
+    body_.clear();
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self = this->shared_from_this()](
                                  const beast::error_code& ec, std::size_t) {
@@ -290,6 +476,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       DrainBody([self, n = *die, chunked] { self->DieMidBody(n, chunked); });
     } else if (path_ == "/bad-chunk") {
       DrainBody([self] { self->BadChunk(); });
+    } else if (absl::StartsWith(path_, "/git/") &&
+               !origin_.options().git_project_root.empty()) {
+      keep_body_ = true;
+      DrainBody([self] { self->RunGit(); });
     } else {
       DrainBody([self] { self->RespondSimple(404, "text/plain", "no route"); });
     }
@@ -326,6 +516,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         return;
       }
       self->sha_.Update(data);
+      if (self->keep_body_) self->body_.append(data.data(), data.size());
       if (done) {
         then();
       } else {
@@ -363,15 +554,79 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         echo.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 
-  void RespondSimple(unsigned status, absl::string_view content_type,
-                     std::string body) {
+  // /git/<path>: `git http-backend` on a thread of its own, as a CGI with
+  // PATH_INFO=/<path>; the answer comes back on the strand.
+  void RunGit() {
+    const auto& request = parser_->get();
+    std::vector<std::string> env = {
+        absl::StrCat("GIT_PROJECT_ROOT=", origin_.options().git_project_root),
+        "GIT_HTTP_EXPORT_ALL=1",
+        "GATEWAY_INTERFACE=CGI/1.1",
+        "REMOTE_ADDR=127.0.0.1",
+        absl::StrCat("REQUEST_METHOD=", ToAbsl(request.method_string())),
+        absl::StrCat("PATH_INFO=",
+                     absl::string_view(path_).substr(std::strlen("/git"))),
+        absl::StrCat("QUERY_STRING=", query_),
+        absl::StrCat("CONTENT_TYPE=",
+                     ToAbsl(request[bhttp::field::content_type])),
+        absl::StrCat("CONTENT_LENGTH=", body_.size()),
+    };
+    for (const auto& [field, variable] :
+         {std::pair<absl::string_view, absl::string_view>{"Git-Protocol",
+                                                          "HTTP_GIT_PROTOCOL"},
+          {"Content-Encoding", "HTTP_CONTENT_ENCODING"}}) {
+      const auto it = request.find(ToStd(field));
+      if (it != request.end()) {
+        env.push_back(absl::StrCat(variable, "=", ToAbsl(it->value())));
+      }
+    }
+    for (const char* name :
+         {"PATH", "HOME", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL"}) {
+      PassThrough(name, env);
+    }
+    origin_.RunOnThread([self = this->shared_from_this(), env = std::move(env),
+                         body = std::move(body_)]() mutable {
+      absl::StatusOr<CgiResult> result =
+          RunGitHttpBackend(std::move(env), std::move(body));
+      auto executor = self->stream_.get_executor();
+      net::post(executor,
+                [self = std::move(self), result = std::move(result)]() mutable {
+                  self->RespondCgi(std::move(result));
+                });
+    });
+  }
+
+  void RespondCgi(absl::StatusOr<CgiResult> result) {
+    if (!result.ok()) {
+      RespondSimple(500, "text/plain", std::string(result.status().message()));
+      return;
+    }
+    std::string content_type;
+    std::vector<std::pair<std::string, std::string>> headers;
+    for (auto& [name, value] : result->headers) {
+      if (absl::EqualsIgnoreCase(name, "Content-Type")) {
+        content_type = std::move(value);
+      } else if (!absl::EqualsIgnoreCase(name, "Content-Length")) {
+        headers.emplace_back(std::move(name), std::move(value));
+      }
+    }
+    RespondSimple(result->status, content_type, std::move(result->body),
+                  headers);
+  }
+
+  void RespondSimple(
+      unsigned status, absl::string_view content_type, std::string body,
+      const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     simple_.emplace();
     simple_->version(11);
     simple_->result(status);
     simple_->keep_alive(keep_alive_);
+    for (const auto& [name, value] : headers) simple_->set(name, value);
     const bool no_body = status < 200 || status == 204 || status == 304;
     if (!no_body) {
-      simple_->set(bhttp::field::content_type, ToStd(content_type));
+      if (!content_type.empty()) {
+        simple_->set(bhttp::field::content_type, ToStd(content_type));
+      }
       simple_->body() = std::move(body);
       simple_->prepare_payload();
       // HEAD: the length of the body that a GET would get, and no body.
@@ -555,6 +810,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::array<char, kChunkBytes> buf_{};
   Sha256 sha_;
   std::uint64_t request_body_bytes_ = 0;
+  bool keep_body_ = false;  // the route needs the body (kept in body_)
+  std::string body_;
   std::string path_;
   std::string query_;
   bool keep_alive_ = true;

@@ -22,6 +22,13 @@
 //                          bytes, then closes the socket.
 //   GET /bad-chunk         a chunked body with a malformed chunk size.
 //   ANY /headers           200 JSON {name: value} of the request headers.
+//   ANY /git/<path>        with TestOriginOptions::git_project_root set: the
+//                          real `git http-backend` run as a CGI over that
+//                          root (smart HTTP, every repository exported), so
+//                          `git clone http://<origin>/git/<repo>.git` works.
+//                          The request body is read whole, then fed to the
+//                          CGI's stdin while its stdout is read; the answer
+//                          has a Content-Length. One thread per request.
 //
 // Every route reads the whole request body first except /echo-body. HEAD
 // requests get the head only; "Expect: 100-continue" gets "100 Continue".
@@ -50,6 +57,8 @@ struct TestOriginOptions {
   // HTTPS when both are set (PEM files).
   std::string tls_cert_file;
   std::string tls_key_file;
+  // Serves /git/ through `git http-backend` (found on PATH) when set.
+  std::string git_project_root;
   // Called on an origin thread when a request head arrived (integration
   // tests use it to know a request reached the origin).
   std::function<void(absl::string_view method, absl::string_view target)>

@@ -1,30 +1,44 @@
-// test-origin [port] [cert.pem key.pem]: runs the test origin (see
-// tests/testing/test_origin.h) on 127.0.0.1, prints the bound port on stdout
-// and serves until SIGINT or SIGTERM. Integration tests start it as a real
-// process.
+// test-origin [--git-root=DIR] [port] [cert.pem key.pem]: runs the test
+// origin (see tests/testing/test_origin.h) on 127.0.0.1, prints the bound
+// port on stdout and serves until SIGINT or SIGTERM. With --git-root, /git/
+// serves the repositories under DIR through `git http-backend`. Integration
+// tests start it as a real process.
 
 #include "tests/testing/test_origin.h"
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 
 #include <csignal>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 int main(int argc, char** argv) {
   broker::testing::TestOriginOptions options;
-  if (argc != 1 && argc != 2 && argc != 4) {
-    std::fprintf(stderr, "usage: %s [port] [cert.pem key.pem]\n", argv[0]);
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (absl::ConsumePrefix(&arg, "--git-root=")) {
+      options.git_project_root = std::string(arg);
+    } else {
+      positional.emplace_back(arg);
+    }
+  }
+  if (!positional.empty() && positional.size() != 1 && positional.size() != 3) {
+    std::fprintf(stderr,
+                 "usage: %s [--git-root=DIR] [port] [cert.pem key.pem]\n",
+                 argv[0]);
     return 2;
   }
-  if (argc >= 2 && (!absl::SimpleAtoi(argv[1], &options.port) ||
-                    options.port < 0 || options.port > 65535)) {
-    std::fprintf(stderr, "test-origin: bad port '%s'\n", argv[1]);
+  if (!positional.empty() && (!absl::SimpleAtoi(positional[0], &options.port) ||
+                              options.port < 0 || options.port > 65535)) {
+    std::fprintf(stderr, "test-origin: bad port '%s'\n", positional[0].c_str());
     return 2;
   }
-  if (argc == 4) {
-    options.tls_cert_file = argv[2];
-    options.tls_key_file = argv[3];
+  if (positional.size() == 3) {
+    options.tls_cert_file = positional[1];
+    options.tls_key_file = positional[2];
   }
   // Block the stop signals before any thread starts, so that only
   // sigwait() below receives them.
