@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
   auto timeout = env.DurationMs("BROKER_REQUEST_TIMEOUT_MS", absl::Minutes(10));
   if (!timeout.ok()) return fail(timeout.status());
   config.request_timeout = *timeout;
+  const std::string max_body = env.Optional("BROKER_MAX_BODY_BYTES", "");
+  if (!max_body.empty() &&
+      (!absl::SimpleAtoi(max_body, &config.max_body_bytes) ||
+       config.max_body_bytes == 0)) {
+    return fail(absl::InvalidArgumentError(
+        "BROKER_MAX_BODY_BYTES: must be a whole number of bytes above 0"));
+  }
   absl::Status logging =
       broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
   if (!logging.ok()) return fail(logging);
