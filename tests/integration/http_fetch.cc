@@ -12,7 +12,7 @@ class StringBody final : public http::BodyReader {
  public:
   explicit StringBody(std::string data) : data_(std::move(data)) {}
   void Read(ReadHandler handler) override {
-    constexpr size_t kChunk = 64 * 1024;
+    constexpr size_t kChunk = size_t{64} * 1024;
     http::BodyChunk chunk;
     chunk.data = data_.substr(offset_, kChunk);
     offset_ += chunk.data.size();
@@ -26,9 +26,10 @@ class StringBody final : public http::BodyReader {
 };
 
 // Pulls a response body to the end into `out`.
-void Drain(std::shared_ptr<http::BodyReader> body, Fetched* out,
+void Drain(const std::shared_ptr<http::BodyReader>& body, Fetched* out,
            absl::Notification* done) {
-  body->Read([body, out, done](absl::Status status, http::BodyChunk chunk) {
+  body->Read([body, out, done](const absl::Status& status,
+                               const http::BodyChunk& chunk) {
     if (!status.ok()) {
       out->body_status = status;
       done->Notify();
@@ -50,8 +51,8 @@ std::string Fetched::Header(absl::string_view name) const {
   return value ? std::string(*value) : "";
 }
 
-Fetcher::Fetcher() : executor_(2) {
-  auto client = http::Client::Create(executor_.io(), {});
+Fetcher::Fetcher(http::ClientOptions options) : executor_(2) {
+  auto client = http::Client::Create(executor_.io(), std::move(options));
   if (client.ok()) client_ = *std::move(client);
 }
 
@@ -61,6 +62,9 @@ absl::StatusOr<Fetched> Fetcher::Fetch(const std::string& method,
                                        const std::string& url,
                                        http::Headers headers, std::string body,
                                        bool chunked, absl::Duration timeout) {
+  if (client_ == nullptr) {
+    return absl::FailedPreconditionError("the client options were rejected");
+  }
   http::ClientRequest request;
   request.method = method;
   request.url = url;

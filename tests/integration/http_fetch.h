@@ -24,7 +24,9 @@ struct Fetched {
 
 class Fetcher {
  public:
-  Fetcher();
+  Fetcher() : Fetcher(common::http::ClientOptions{}) {}
+  // For https URLs: `options.ca_file` trusts the test's CA.
+  explicit Fetcher(common::http::ClientOptions options);
   ~Fetcher();
   // `body` is sent with Content-Length unless `chunked`.
   absl::StatusOr<Fetched> Fetch(const std::string& method,

@@ -4,9 +4,9 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <stdlib.h>
 
 namespace broker::testing {
 
@@ -41,8 +41,10 @@ absl::StatusOr<int> JsonInt(const std::string& line, const std::string& key) {
   return parsed[key].get<int>();
 }
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> StartOrigin(int* port) {
-  auto origin = ChildProcess::Start(TEST_ORIGIN_BIN, {"0"}, {});
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartOrigin(
+    int* port, const std::vector<std::string>& args,
+    const std::map<std::string, std::string>& env) {
+  auto origin = ChildProcess::Start(TEST_ORIGIN_BIN, args, env);
   if (!origin.ok()) return origin.status();
   auto line = (*origin)->WaitForLine("", kStartTimeout);  // the port
   if (!line.ok()) return line.status();

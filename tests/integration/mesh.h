@@ -40,8 +40,11 @@ class TempDir {
   std::string path_;
 };
 
-// The origin (tests/testing/test_origin) as a process; returns its port.
-absl::StatusOr<std::unique_ptr<ChildProcess>> StartOrigin(int* port);
+// The origin (tests/testing/test_origin) as a process, with its command
+// line (`[--git-root=DIR] port [cert key]`) and environment; sets *port.
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartOrigin(
+    int* port, const std::vector<std::string>& args = {"0"},
+    const std::map<std::string, std::string>& env = {});
 
 absl::StatusOr<ServerProcess> StartServer(
     const std::string& accept_path,
