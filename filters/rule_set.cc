@@ -178,7 +178,12 @@ LoadResult RuleSet::Parse(absl::string_view text,
     for (size_t i = 0; i < it->size(); ++i) {
       std::optional<Rule> rule = internal::CompileRule(
           (*it)[i], list, static_cast<int>(i), &result.diagnostics);
-      if (rule) compiled.rules.push_back(*std::move(rule));
+      if (rule) {
+        compiled.has_body_checks = compiled.has_body_checks ||
+                                   !rule->body_checks.empty() ||
+                                   !rule->body_regex_checks.empty();
+        compiled.rules.push_back(*std::move(rule));
+      }
     }
     if (compiled.rules.empty()) continue;
     RE2::Options options = PathPatternOptions();
@@ -238,6 +243,45 @@ Decision RuleSet::Evaluate(RuleList list, const RequestView& request) const {
                       request);
 }
 
+std::vector<int> RuleSet::MatchingPaths(const CompiledList& list,
+                                        absl::string_view path) {
+  std::vector<int> candidates;
+  bool matched_by_set = false;
+  if (list.paths != nullptr) {
+    RE2::Set::ErrorInfo error;
+    matched_by_set =
+        list.paths->Match(re2::StringPiece(path.data(), path.size()),
+                          &candidates, &error) ||
+        error.kind == RE2::Set::kNoError;
+    std::sort(candidates.begin(), candidates.end());
+  }
+  if (!matched_by_set) {
+    candidates.clear();
+    for (size_t i = 0; i < list.rules.size(); ++i) {
+      if (list.rules[i].path.Matches(path)) {
+        candidates.push_back(static_cast<int>(i));
+      }
+    }
+  }
+  return candidates;
+}
+
+bool RuleSet::NeedsBody(RuleList list, absl::string_view method,
+                        absl::string_view url) const {
+  const CompiledList& compiled =
+      list == RuleList::kPrivate ? private_ : public_;
+  if (!compiled.has_body_checks) return false;
+  for (int i : MatchingPaths(compiled, SplitRequestTarget(url).path)) {
+    const Rule& rule = compiled.rules[i];
+    if ((rule.body_checks.empty() && rule.body_regex_checks.empty()) ||
+        (!rule.AnyMethod() && !absl::EqualsIgnoreCase(rule.method, method))) {
+      continue;
+    }
+    return true;
+  }
+  return false;
+}
+
 Decision RuleSet::EvaluateList(RuleList which, const CompiledList& list,
                                const RequestView& request) {
   Decision decision;
@@ -255,23 +299,7 @@ Decision RuleSet::EvaluateList(RuleList which, const CompiledList& list,
   }
 
   // Candidate rules, in file order, whose path matches.
-  std::vector<int> candidates;
-  const re2::StringPiece path(url.path.data(), url.path.size());
-  bool matched_by_set = false;
-  if (list.paths != nullptr) {
-    RE2::Set::ErrorInfo error;
-    matched_by_set = list.paths->Match(path, &candidates, &error) ||
-                     error.kind == RE2::Set::kNoError;
-    std::sort(candidates.begin(), candidates.end());
-  }
-  if (!matched_by_set) {
-    candidates.clear();
-    for (size_t i = 0; i < list.rules.size(); ++i) {
-      if (list.rules[i].path.Matches(url.path)) {
-        candidates.push_back(static_cast<int>(i));
-      }
-    }
-  }
+  const std::vector<int> candidates = MatchingPaths(list, url.path);
 
   LazyBody body(request.body);
   std::optional<QueryParams> query;

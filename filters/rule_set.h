@@ -62,6 +62,13 @@ class RuleSet {
   // First rule of `list` that allows `request`, in file order.
   Decision Evaluate(RuleList list, const RequestView& request) const;
 
+  // Whether Evaluate() could read the body of a `method` request to `url`:
+  // some rule of `list` with body or body-regex checks matches the method
+  // and the path. Callers that stream bodies buffer one only then. Cheap:
+  // false at once when the list has no body checks, else one path match.
+  bool NeedsBody(RuleList list, absl::string_view method,
+                 absl::string_view url) const;
+
   absl::Span<const Rule> rules(RuleList list) const {
     return list == RuleList::kPrivate ? private_.rules : public_.rules;
   }
@@ -82,11 +89,15 @@ class RuleSet {
   struct CompiledList {
     std::vector<Rule> rules;
     std::unique_ptr<RE2::Set> paths;  // index i = rules[i]
+    bool has_body_checks = false;     // some rule inspects the body
   };
 
   RuleSet() = default;  // NOLINT(bugprone-exception-escape): only allocation
   static Decision EvaluateList(RuleList which, const CompiledList& list,
                                const RequestView& request);
+  // Indexes of the rules whose path matches, in file order.
+  static std::vector<int> MatchingPaths(const CompiledList& list,
+                                        absl::string_view path);
 
   CompiledList private_;
   CompiledList public_;

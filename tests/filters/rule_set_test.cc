@@ -431,6 +431,29 @@ TEST(RuleSetTest, QueryStringIsNotNormalisationChecked) {
 // --- valid: body, regex, query and header checks
 // ------------------------------
 
+TEST(RuleSetTest, NeedsBodyOnlyWhereABodyCheckRuleMatchesMethodAndPath) {
+  auto rules = Load(R"json({"public": [
+    {"method": "GET", "path": "/repos/*"},
+    {"method": "POST", "path": "/graphql", "valid": [
+      {"path": "operationName", "value": "Viewer"}]},
+    {"method": "any", "path": "/hooks/:id", "valid": [
+      {"path": "title", "regex": "^snyk-"}]},
+    {"method": "POST", "path": "/search", "valid": [
+      {"queryParam": "q", "values": ["*"]}]}
+  ], "private": [
+    {"method": "POST", "path": "/graphql"}
+  ]})json");
+  ASSERT_NE(rules, nullptr);
+  EXPECT_TRUE(rules->NeedsBody(kPublic, "POST", "/graphql"));
+  EXPECT_TRUE(rules->NeedsBody(kPublic, "post", "/GraphQL/?x=1"));
+  EXPECT_TRUE(rules->NeedsBody(kPublic, "PUT", "/hooks/7"));
+  EXPECT_FALSE(rules->NeedsBody(kPublic, "GET", "/graphql"));
+  EXPECT_FALSE(rules->NeedsBody(kPublic, "GET", "/repos/a/b"));
+  EXPECT_FALSE(rules->NeedsBody(kPublic, "POST", "/search?q=x"));
+  // A list without body checks never needs the body.
+  EXPECT_FALSE(rules->NeedsBody(kPrivate, "POST", "/graphql"));
+}
+
 TEST(RuleSetTest, ValidIsAnyBodyOrAnyRegexOrAllQuery) {
   auto rules = Load(R"json({"private": [
     {"method": "POST", "path": "/hook", "valid": [
