@@ -9,6 +9,7 @@
 #include "common/uuid.h"
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
+#include "services/server/buffered_body.h"
 #include "services/server/relay.h"
 #include "services/server/tunnel_registry.h"
 #include "services/server/tunnel_service.h"
@@ -243,32 +244,90 @@ class DefaultBrokerServer final : public BrokerServer {
       RespondJson(*exchange, 404, {{"ok", false}}, std::move(reply_headers));
       return;
     }
+    PendingRelay pending{token_hash, std::move(url), std::move(headers),
+                         request_id};
+    if (!rules_->NeedsBody(filters::RuleList::kPublic, request.method,
+                           pending.url)) {
+      if (PublicRulesAllow(*exchange, pending, "")) {
+        Forward(std::move(exchange), std::move(pending));
+      }
+      return;
+    }
+    // A body-check rule could decide: read the body (bounded), then relay
+    // it from the buffer. Everything else above streams.
+    const std::uint64_t limit =
+        std::min(kMaxInspectedBodyBytes, config_.max_body_bytes);
+    ReadWholeBody(exchange, limit,
+                  [this, exchange, pending = std::move(pending)](
+                      absl::StatusOr<std::string> body) mutable {
+                    if (!body.ok()) {
+                      RespondBodyError(*exchange, pending, body.status());
+                      return;
+                    }
+                    if (PublicRulesAllow(*exchange, pending, *body)) {
+                      Forward(WithBufferedBody(executor_.io(), exchange,
+                                               *std::move(body)),
+                              std::move(pending));
+                    }
+                  });
+  }
+
+  // A platform request between its token check and its lane.
+  struct PendingRelay {
+    std::string token_hash;
+    std::string url;        // for the worker, /broker/<token> removed
+    http::Headers headers;  // added by the server (context id)
+    std::string request_id;
+  };
+
+  // Answers 401 and returns false when no public rule allows the request.
+  bool PublicRulesAllow(http::Exchange& exchange, const PendingRelay& pending,
+                        absl::string_view body) {
+    const http::RequestHead& request = exchange.request();
     std::vector<filters::HeaderField> fields;
     fields.reserve(request.headers.size());
     for (const http::Header& h : request.headers) {
       fields.push_back({h.name, h.value});
     }
-    filters::Decision decision =
-        rules_->Evaluate(filters::RuleList::kPublic,
-                         filters::RequestView{request.method, url, fields, ""});
-    if (!decision.allowed()) {
-      exchange->RespondSimple(
-          filters::kBlockedStatus,
-          {{"content-type", "application/json; charset=utf-8"},
-           {"snyk-request-id", request_id}},
-          filters::BlockedBody(
-              filters::BlockedReason(filters::BlockedFlow::kHttp, decision),
-              url));
-      return;
-    }
-    for (const http::Header& h : request.headers) {
+    filters::Decision decision = rules_->Evaluate(
+        filters::RuleList::kPublic,
+        filters::RequestView{request.method, pending.url, fields, body});
+    if (decision.allowed()) return true;
+    exchange.RespondSimple(
+        filters::kBlockedStatus,
+        {{"content-type", "application/json; charset=utf-8"},
+         {"snyk-request-id", pending.request_id}},
+        filters::BlockedBody(
+            filters::BlockedReason(filters::BlockedFlow::kHttp, decision),
+            pending.url));
+    return false;
+  }
+
+  // The body could not be read whole for the body checks.
+  static void RespondBodyError(http::Exchange& exchange,
+                               const PendingRelay& pending,
+                               const absl::Status& status) {
+    const bool too_large =
+        status.code() == absl::StatusCode::kResourceExhausted;
+    RespondJson(exchange, too_large ? 413 : 400,
+                {{"ok", false},
+                 {"code", too_large ? "PAYLOAD_TOO_LARGE" : "BAD_REQUEST_BODY"},
+                 {"message", std::string(status.message())}},
+                {{"snyk-request-id", pending.request_id}});
+  }
+
+  void Forward(std::shared_ptr<http::Exchange> exchange, PendingRelay pending) {
+    http::Headers headers = std::move(pending.headers);
+    for (const http::Header& h : exchange->request().headers) {
       if (IsHopByHopHeader(h.name)) continue;
       headers.push_back(h);
     }
-    headers.push_back({"snyk-request-id", request_id});
-    RelayRequest relay{token_hash, request_id, std::move(url),
+    headers.push_back({"snyk-request-id", pending.request_id});
+    RelayRequest relay{std::move(pending.token_hash),
+                       std::move(pending.request_id), std::move(pending.url),
                        std::move(headers),
                        absl::Now() + config_.request_timeout};
+    const std::string token_hash = relay.token_hash;
     // All lanes busy (a burst, or a worker still opening them): wait a
     // little for one rather than failing at once.
     registry_.TakeOrWait(
