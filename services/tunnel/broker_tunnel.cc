@@ -100,6 +100,10 @@ class Worker final : public BrokerTunnel {
     options.ca_file = config_.ca_file;
     BROKER_ASSIGN_OR_RETURN(client_,
                             http::Client::Create(executor_.io(), options));
+    SystemCheckConfig systemcheck = config_.systemcheck;
+    systemcheck.version = config_.version;
+    systemcheck_ =
+        std::make_unique<SystemCheck>(std::move(systemcheck), *client_);
     return absl::OkStatus();
   }
 
@@ -146,6 +150,7 @@ class Worker final : public BrokerTunnel {
   filters::RuleSetHolder rules_;
   filters::OriginResolver resolver_;
   std::unique_ptr<http::Client> client_;
+  std::unique_ptr<SystemCheck> systemcheck_;  // calls through client_
   const std::string client_id_;
   std::unique_ptr<http::Server> http_server_;
   boost::asio::steady_timer reconnect_timer_;
@@ -844,7 +849,15 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
         status, {{"content-type", "application/json; charset=utf-8"}},
         body.dump(-1, ' ', false, json::error_handler_t::replace));
   };
-  if (path == "/healthcheck" && request.method == "GET") {
+  if (path == config_.systemcheck_path && request.method == "GET") {
+    systemcheck_->Run([exchange](const SystemCheckAnswer& answer) {
+      exchange->RespondSimple(
+          answer.status, {{"content-type", "application/json; charset=utf-8"}},
+          answer.body.dump(-1, ' ', false, json::error_handler_t::replace));
+    });
+    return;
+  }
+  if (path == config_.healthcheck_path && request.method == "GET") {
     const bool up = Connected();
     respond(up ? 200 : 500, {{"ok", up},
                              {"websocketConnectionOpen", up},
@@ -930,6 +943,13 @@ absl::Status Validate(const TunnelConfig& config) {
   if (config.lanes < 1 || config.lanes > 1024) {
     return absl::InvalidArgumentError("BROKER_TUNNEL_LANES must be 1..1024");
   }
+  if (!absl::StartsWith(config.healthcheck_path, "/") ||
+      !absl::StartsWith(config.systemcheck_path, "/")) {
+    return absl::InvalidArgumentError(
+        "BROKER_HEALTHCHECK_PATH and BROKER_SYSTEMCHECK_PATH must start with "
+        "\"/\"");
+  }
+  BROKER_RETURN_IF_ERROR(Validate(config.systemcheck));
   return absl::OkStatus();
 }
 

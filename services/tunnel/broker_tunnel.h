@@ -1,6 +1,7 @@
 #pragma once
 
 #include "filters/origin.h"
+#include "services/tunnel/systemcheck.h"
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -26,6 +27,11 @@ struct TunnelConfig {
   int io_threads = 2;
   std::string version = "0.1.0";
   filters::Variables variables;  // the environment, for ${VAR} in origins
+
+  std::string healthcheck_path = "/healthcheck";  // BROKER_HEALTHCHECK_PATH
+  std::string systemcheck_path = "/systemcheck";  // BROKER_SYSTEMCHECK_PATH
+  // BROKER_CLIENT_VALIDATION_*; its `version` is set from `version` above.
+  SystemCheckConfig systemcheck;
 };
 
 [[nodiscard]] absl::Status Validate(const TunnelConfig& config);

@@ -6,6 +6,7 @@
 #include "common/signals.h"
 #include "services/tunnel/broker_tunnel.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 
 #include <csignal>
@@ -23,14 +24,30 @@ int main(int argc, char** argv) {
            "  BROKER_SERVER_URL     http(s)://host:port of the server's tunnel "
            "endpoint (required)\n"
            "  ACCEPT                accept rules file (required)\n"
-           "  PORT                  local HTTP port for /healthcheck, /filters "
-           "(default 8000)\n"
+           "  PORT                  local HTTP port for /healthcheck, "
+           "/systemcheck,\n"
+           "                        /filters (default 8000)\n"
            "  BROKER_CLIENT_URL     this client's external URL\n"
            "  CA_CERT               extra CA bundle for origins and server\n"
            "  BROKER_TUNNEL_LANES   idle lanes kept at the server (default "
            "16)\n"
            "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
            "(default 600000)\n"
+           "  BROKER_HEALTHCHECK_PATH  path of the health check (default "
+           "/healthcheck)\n"
+           "  BROKER_SYSTEMCHECK_PATH  path of the system check (default "
+           "/systemcheck)\n"
+           "  BROKER_CLIENT_VALIDATION_URL  what GET /systemcheck calls\n"
+           "  BROKER_CLIENT_VALIDATION_METHOD  its method (default GET)\n"
+           "  BROKER_CLIENT_VALIDATION_TIMEOUT_MS  its deadline (default "
+           "5000)\n"
+           "  BROKER_CLIENT_VALIDATION_AUTHORIZATION_HEADER[_POOL]  "
+           "Authorization\n"
+           "                        value(s) to validate (pool: comma "
+           "separated)\n"
+           "  BROKER_CLIENT_VALIDATION_BASIC_AUTH[_POOL]  user:pass to "
+           "validate\n"
+           "                        (used when no header is set)\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n"
            "  any other variable    available to ${VAR} in accept rules\n";
     return 0;
@@ -64,6 +81,33 @@ int main(int argc, char** argv) {
   if (!timeout.ok()) return fail(timeout.status());
   config.request_timeout = *timeout;
   config.variables = broker::filters::Variables::FromEnviron(environ);
+  config.healthcheck_path =
+      env.Optional("BROKER_HEALTHCHECK_PATH", "/healthcheck");
+  config.systemcheck_path =
+      env.Optional("BROKER_SYSTEMCHECK_PATH", "/systemcheck");
+  broker::tunnel::SystemCheckConfig& check = config.systemcheck;
+  // `$NAME` references are expanded as Snyk's config does.
+  check.url =
+      broker::tunnel::ExpandEnvValue(
+          env.Optional("BROKER_CLIENT_VALIDATION_URL", ""), config.variables)
+          .front();
+  check.method = absl::AsciiStrToUpper(
+      env.Optional("BROKER_CLIENT_VALIDATION_METHOD", "GET"));
+  auto check_timeout =
+      env.DurationMs("BROKER_CLIENT_VALIDATION_TIMEOUT_MS", absl::Seconds(5));
+  if (!check_timeout.ok()) return fail(check_timeout.status());
+  check.timeout = *check_timeout;
+  broker::tunnel::ValidationCredentialSettings credentials;
+  credentials.authorization_header =
+      env.Optional("BROKER_CLIENT_VALIDATION_AUTHORIZATION_HEADER", "");
+  credentials.authorization_header_pool =
+      env.Optional("BROKER_CLIENT_VALIDATION_AUTHORIZATION_HEADER_POOL", "");
+  credentials.basic_auth =
+      env.Optional("BROKER_CLIENT_VALIDATION_BASIC_AUTH", "");
+  credentials.basic_auth_pool =
+      env.Optional("BROKER_CLIENT_VALIDATION_BASIC_AUTH_POOL", "");
+  check.credentials = broker::tunnel::ResolveValidationCredentials(
+      credentials, config.variables);
   absl::Status logging =
       broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
   if (!logging.ok()) return fail(logging);
