@@ -360,7 +360,16 @@ class Call : public std::enable_shared_from_this<Call> {
     // The request body may hold a Read handler that refers to this call;
     // dropping it breaks that cycle.
     request_.body.reset();
-    std::move(done_)(std::move(status));
+    Deliver(std::move(status));
+  }
+
+  // Runs `done_` once and drops it: its captures (often the caller, which
+  // holds this call's body reader) must not outlive the hand-over, or the
+  // two keep each other alive forever.
+  void Deliver(absl::StatusOr<ClientResponse> result) {
+    Client::ResponseHandler done = std::move(done_);
+    done_ = nullptr;
+    std::move(done)(std::move(result));
   }
 
   void OnDeadline() {
@@ -613,7 +622,7 @@ class Call : public std::enable_shared_from_this<Call> {
     if (body_done_) Close();
     phase_ = Phase::kBody;
     response.body = std::make_unique<ResponseBodyReader>(shared_from_this());
-    std::move(done_)(std::move(response));
+    Deliver(std::move(response));
   }
 
   void ReadSomeBody() {

@@ -279,6 +279,32 @@ class ClientTest : public ::testing::Test {
   std::unique_ptr<Client> client_;
 };
 
+// A caller typically keeps the response body reader, and the reader keeps
+// the call: the call must drop the response handler (and what it captured)
+// once it ran, or caller and call keep each other alive forever.
+TEST_F(ClientTest, ResponseHandlerCapturesAreReleasedOnceItRan) {
+  auto sentinel = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = sentinel;
+  struct State {
+    absl::Notification done;
+    std::unique_ptr<BodyReader> body;
+  };
+  auto state = std::make_shared<State>();
+  client_->Send(MakeRequest("GET", origin_->Url("/bytes/10")),
+                [state, sentinel = std::move(sentinel)](
+                    absl::StatusOr<ClientResponse> response) {
+                  if (response.ok()) state->body = std::move(response->body);
+                  state->done.Notify();
+                });
+  ASSERT_TRUE(state->done.WaitForNotificationWithTimeout(kWait));
+  ASSERT_NE(state->body, nullptr);
+  absl::StatusOr<std::string> body = ReadAll(*state->body);
+  ASSERT_THAT(body, IsOk());
+  EXPECT_EQ(*body, TestPattern(0, 10));
+  // The body reader (and with it the call) is still alive here.
+  EXPECT_TRUE(watch.expired());
+}
+
 TEST_F(ClientTest, GetSendsHostAndHeadersAndSkipsFramingHeaders) {
   ClientRequest request = MakeRequest("GET", origin_->Url("/echo?a=b&c=%20"));
   request.headers = {{"X-Custom", "value 1"},
