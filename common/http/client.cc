@@ -290,6 +290,17 @@ class Call : public std::enable_shared_from_this<Call> {
             if (auto self = weak.lock()) self->OnDeadline();
           });
     }
+    if (request_.cancellation) {
+      request_.cancellation->OnCancel(
+          [weak = weak_from_this(), strand = strand_] {
+            net::post(strand, [weak] {
+              if (auto self = weak.lock()) {
+                self->Interrupt(absl::CancelledError(absl::StrCat(
+                    "call to ", self->target_.where, ": cancelled")));
+              }
+            });
+          });
+    }
     phase_ = Phase::kResolving;
     resolver_.async_resolve(target_.host, target_.port,
                             tcp::resolver::numeric_service,
@@ -373,8 +384,12 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void OnDeadline() {
-    const absl::Status status = absl::DeadlineExceededError(
-        absl::StrCat("call to ", target_.where, ": deadline exceeded"));
+    Interrupt(absl::DeadlineExceededError(
+        absl::StrCat("call to ", target_.where, ": deadline exceeded")));
+  }
+
+  // Ends the call early (deadline, cancellation) in whatever phase it is.
+  void Interrupt(const absl::Status& status) {
     switch (phase_) {
       case Phase::kFailed:
         return;
@@ -788,6 +803,29 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(net::io_context& io,
   }
   return std::make_unique<DefaultClient>(io, std::move(options),
                                          std::move(tls_context));
+}
+
+void CallCancellation::Cancel() {
+  absl::AnyInvocable<void() &&> on_cancel;
+  {
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) return;
+    cancelled_ = true;
+    on_cancel = std::move(on_cancel_);
+    on_cancel_ = nullptr;
+  }
+  if (on_cancel) std::move(on_cancel)();
+}
+
+void CallCancellation::OnCancel(absl::AnyInvocable<void() &&> on_cancel) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!cancelled_) {
+      on_cancel_ = std::move(on_cancel);
+      return;
+    }
+  }
+  std::move(on_cancel)();
 }
 
 }  // namespace broker::common::http

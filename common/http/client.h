@@ -7,7 +7,10 @@
 
 #include "common/http/message.h"
 
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 #include <cstdint>
@@ -29,6 +32,24 @@ struct ClientOptions {
   absl::Duration connect_timeout = absl::Seconds(10);
 };
 
+// Lets the caller give up on a call it started (the platform went away):
+// the call closes its connection, and the response handler, or a body Read
+// in flight, gets CANCELLED. Thread-safe; cancelling twice, or after the
+// call ended, does nothing.
+class CallCancellation {
+ public:
+  void Cancel() ABSL_LOCKS_EXCLUDED(mu_);
+  // Used by the client: `on_cancel` runs once, at Cancel() or at once if
+  // Cancel() came first.
+  void OnCancel(absl::AnyInvocable<void() &&> on_cancel)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  absl::AnyInvocable<void() &&> on_cancel_ ABSL_GUARDED_BY(mu_);
+};
+
 struct ClientRequest {
   std::string method;
   // Absolute: http(s)://host[:port]/path?query. Userinfo (user:pass@) is
@@ -44,6 +65,8 @@ struct ClientRequest {
   std::unique_ptr<BodyReader> body;
   std::optional<std::uint64_t> body_length;
   absl::Time deadline = absl::InfiniteFuture();
+  // Optional: keep a copy to cancel the call.
+  std::shared_ptr<CallCancellation> cancellation;
 };
 
 // The origin's answer: the head, and the body to pull. Errors while

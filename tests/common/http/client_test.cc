@@ -305,6 +305,52 @@ TEST_F(ClientTest, ResponseHandlerCapturesAreReleasedOnceItRan) {
   EXPECT_TRUE(watch.expired());
 }
 
+TEST_F(ClientTest, CancellingBeforeTheAnswerEndsTheCallAtOnce) {
+  // An origin that says when it has the request, so the call is mid-flight.
+  auto arrived = std::make_shared<absl::Notification>();
+  TestOriginOptions options;
+  options.on_request = [arrived](absl::string_view, absl::string_view) {
+    if (!arrived->HasBeenNotified()) arrived->Notify();
+  };
+  auto origin = TestOrigin::Start(options);
+  ASSERT_THAT(origin, IsOk());
+  ClientRequest request = MakeRequest("GET", (*origin)->Url("/slow/30000"));
+  auto cancellation = std::make_shared<CallCancellation>();
+  request.cancellation = cancellation;
+  struct State {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto state = std::make_shared<State>();
+  client_->Send(std::move(request),
+                [state](absl::StatusOr<ClientResponse> response) {
+                  state->status = response.status();
+                  state->done.Notify();
+                });
+  ASSERT_TRUE(arrived->WaitForNotificationWithTimeout(kWait));
+  cancellation->Cancel();
+  ASSERT_TRUE(state->done.WaitForNotificationWithTimeout(kWait));
+  EXPECT_EQ(state->status.code(), absl::StatusCode::kCancelled)
+      << state->status;
+  cancellation->Cancel();  // again: nothing happens
+  // The connection was closed: the origin notices (it watches the socket
+  // while it waits).
+  EXPECT_TRUE((*origin)->WaitForNoConnections(kWait));
+}
+
+TEST_F(ClientTest, CancellingMidBodyFailsThePendingRead) {
+  ClientRequest request =
+      MakeRequest("GET", origin_->Url("/slow-body/1000000?rate=1000"));
+  auto cancellation = std::make_shared<CallCancellation>();
+  request.cancellation = cancellation;
+  ClientResponse response = Call(std::move(request));
+  ASSERT_NE(response.body, nullptr);
+  cancellation->Cancel();
+  absl::StatusOr<std::string> body = ReadAll(*response.body);
+  EXPECT_EQ(body.status().code(), absl::StatusCode::kCancelled)
+      << body.status();
+}
+
 TEST_F(ClientTest, GetSendsHostAndHeadersAndSkipsFramingHeaders) {
   ClientRequest request = MakeRequest("GET", origin_->Url("/echo?a=b&c=%20"));
   request.headers = {{"X-Custom", "value 1"},
