@@ -443,14 +443,14 @@ class ServeLane final
     if (release) RemoveHold();
   }
 
-  // The platform (or the tunnel) went away: stop pumping and end. A read
-  // of the origin's body still in flight finishes by the deadline and is
-  // then dropped by PumpBody.
+  // The platform (or the tunnel) went away: stop pumping, drop the origin
+  // call (its connection closes, whether it answered yet or not), and end.
   void Abandon() {
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
     }
+    origin_cancellation_->Cancel();
     context_.TryCancel();
     Release();
   }
@@ -538,6 +538,7 @@ class ServeLane final
           std::min(deadline, absl::FromUnixMicros(head.deadline_unix_micros()));
     }
     request.deadline = deadline;
+    request.cancellation = origin_cancellation_;
 
     auto self = shared_from_this();
     worker_.client().Send(
@@ -627,6 +628,8 @@ class ServeLane final
   grpc::ClientContext context_;
   v1::ServeDown in_;
   std::unique_ptr<http::BodyReader> origin_body_;  // pump only
+  const std::shared_ptr<http::CallCancellation> origin_cancellation_ =
+      std::make_shared<http::CallCancellation>();
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kParked;

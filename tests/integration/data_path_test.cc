@@ -282,6 +282,18 @@ TEST_F(DataPathTest, HealthchecksAnswer) {
   EXPECT_EQ(status->status, 200);
 }
 
+TEST_F(DataPathTest, PlatformLeavingCancelsTheOriginCall) {
+  // The platform gives up after 1 s; the origin would answer after 30 s.
+  const absl::Time start = absl::Now();
+  auto r = fetcher_.Fetch("GET", BrokerUrl("/slow/30000"), {}, "", false,
+                          absl::Seconds(1));
+  EXPECT_FALSE(r.ok());
+  // The worker drops the origin call at once, not at the request deadline.
+  ASSERT_TRUE(origin_->WaitForLine("gone /slow/30000", absl::Seconds(10)).ok())
+      << origin_->Output();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
 TEST_F(DataPathTest, TunnelKilledMidRequestFailsFast) {
   absl::StatusOr<Fetched> result;
   std::thread request([&] { result = Get("/slow/20000"); });

@@ -457,9 +457,28 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       DrainBody([self, ms = *ms] {
         self->timer_.expires_after(std::chrono::milliseconds(ms));
         self->timer_.async_wait([self](const beast::error_code& ec) {
-          if (ec) return;
+          if (ec) return;  // cancelled: the client left
+          self->waiting_ = false;
+          beast::error_code ignored;
+          beast::get_lowest_layer(self->stream_).socket().cancel(ignored);
           self->RespondSimple(200, "text/plain", "slow");
         });
+        // The socket turning readable while we wait means the client left
+        // (tests never pipeline): stop, as a real origin's failed write
+        // would, and say so.
+        self->waiting_ = true;
+        beast::get_lowest_layer(self->stream_)
+            .socket()
+            .async_wait(tcp::socket::wait_read,
+                        [self](const beast::error_code& ec) {
+                          if (ec || !self->waiting_) return;
+                          self->waiting_ = false;
+                          self->timer_.cancel();
+                          if (self->origin_.options().on_client_gone) {
+                            self->origin_.options().on_client_gone(self->path_);
+                          }
+                          self->Close();
+                        });
       });
     } else if (auto slow = NumberAfter(path_, "/slow-body/")) {
       std::uint64_t rate = 1000;
@@ -813,6 +832,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   bool keep_body_ = false;  // the route needs the body (kept in body_)
   std::string body_;
   std::string path_;
+  bool waiting_ = false;  // /slow: the timer and the socket watch race
   std::string query_;
   bool keep_alive_ = true;
   bool head_ = false;

@@ -13,7 +13,8 @@
 //   GET /bytes/<n>         n bytes of TestPattern(0, n), Content-Length;
 //                          ?chunked=1 sends them chunked, ?close=1 with
 //                          neither (the body ends when the connection does).
-//   GET /slow/<ms>         waits <ms> milliseconds, then 200 "slow".
+//   GET /slow/<ms>         waits <ms> milliseconds, then 200 "slow"; a client
+//                          leaving meanwhile ends the wait (on_client_gone).
 //   GET /slow-body/<n>?rate=<bytes per second>
 //                          Content-Length n, the body trickled at that rate.
 //   ANY /status/<code>     answers <code> (body "status <code>" unless the
@@ -63,6 +64,9 @@ struct TestOriginOptions {
   // tests use it to know a request reached the origin).
   std::function<void(absl::string_view method, absl::string_view target)>
       on_request;
+  // Called when the client left while /slow/<ms> was waiting (tests of
+  // cancellation use it to know the origin call was dropped).
+  std::function<void(absl::string_view target)> on_client_gone;
 };
 
 class TestOrigin {

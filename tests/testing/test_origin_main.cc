@@ -54,6 +54,10 @@ int main(int argc, char** argv) {
                 method.data(), static_cast<int>(target.size()), target.data());
     std::fflush(stdout);
   };
+  options.on_client_gone = [](absl::string_view target) {
+    std::printf("gone %.*s\n", static_cast<int>(target.size()), target.data());
+    std::fflush(stdout);
+  };
   auto origin = broker::testing::TestOrigin::Start(std::move(options));
   if (!origin.ok()) {
     std::fprintf(stderr, "test-origin: %s\n",
