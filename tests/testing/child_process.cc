@@ -27,6 +27,14 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   }
   std::vector<std::string> env_strings;
   for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  // Sanitizer settings (CI's, or a developer's log_path) reach the child.
+  for (const char* name :
+       {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && env.count(name) == 0) {
+      env_strings.push_back(std::string(name) + "=" + value);
+    }
+  }
   if (env.count("PATH") == 0) {
     const char* path_env = std::getenv("PATH");
     env_strings.push_back(std::string("PATH=") +
