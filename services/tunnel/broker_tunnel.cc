@@ -36,6 +36,9 @@ using nlohmann::json;
 
 constexpr absl::Duration kBackoffFirst = absl::Milliseconds(100);
 constexpr absl::Duration kBackoffMax = absl::Seconds(10);
+// The most idle lanes a busy worker keeps parked (each costs the server a
+// stream); the server accepts up to Welcome.max_lanes.
+constexpr int kMaxIdleLanes = 256;
 
 // Headers Snyk's client removes before calling the origin
 // (reference section 2.7), plus hop-by-hop headers.
@@ -380,9 +383,13 @@ class ServeLane final
     void Read(ReadHandler handler) override {
       {
         absl::MutexLock lock(&lane_->mu_);
-        lane_->body_handler_ = std::move(handler);
+        if (!lane_->released_) {
+          lane_->body_handler_ = std::move(handler);
+          lane_->StartRead(&lane_->in_);
+          return;
+        }
       }
-      lane_->StartRead(&lane_->in_);
+      std::move(handler)(absl::CancelledError("the request was abandoned"), {});
     }
 
    private:
@@ -399,48 +406,45 @@ class ServeLane final
   explicit ServeLane(Worker& worker) : worker_(worker) {}
 
   // Queues a write; `then` runs when it completed (ok=false: call broken).
+  // Operations start under mu_, and only before Release() removed the hold
+  // (checked under the same lock): after that gRPC may end the call and
+  // free this lane at any time. gRPC never runs a reaction inline from
+  // StartWrite, so holding mu_ there cannot deadlock.
   void Write(v1::ServeUp message, absl::AnyInvocable<void(bool) &&> then) {
-    bool refused = false;
     {
       absl::MutexLock lock(&mu_);
-      refused = released_;
-    }
-    if (refused) {
-      // After RemoveHold no operation may start; the call is over anyway.
-      if (then) std::move(then)(false);
-      return;
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      if (writing_) {
-        queue_.emplace_back(std::move(message), std::move(then));
+      if (!released_) {
+        if (writing_) {
+          queue_.emplace_back(std::move(message), std::move(then));
+          return;
+        }
+        writing_ = true;
+        out_ = std::move(message);
+        current_then_ = std::move(then);
+        StartWrite(&out_);
         return;
       }
-      writing_ = true;
-      out_ = std::move(message);
-      current_then_ = std::move(then);
     }
-    StartWrite(&out_);
+    // The call is over anyway.
+    if (then) std::move(then)(false);
   }
 
+  // The answer is complete (or failed): half-close and let OnDone come.
   void Finish() {
-    {
-      absl::MutexLock lock(&mu_);
-      answered_ = true;
-    }
+    absl::MutexLock lock(&mu_);
+    answered_ = true;
+    if (released_) return;
+    released_ = true;
     StartWritesDone();
-    Release();
+    RemoveHold();
   }
 
   // No more operations from outside reactions: let OnDone come.
   void Release() {
-    bool release = false;
-    {
-      absl::MutexLock lock(&mu_);
-      release = !released_;
-      released_ = true;
-    }
-    if (release) RemoveHold();
+    absl::MutexLock lock(&mu_);
+    if (released_) return;
+    released_ = true;
+    RemoveHold();
   }
 
   // The platform (or the tunnel) went away: stop pumping, drop the origin
@@ -733,7 +737,12 @@ void Worker::OnControlUp() {
 
 int Worker::ReserveLanesLocked() {
   if (!connected_ || stopping_) return 0;
-  const int to_open = config_.lanes - idle_lanes_;
+  // At least the configured pool, and as many idle lanes as requests in
+  // flight: a burst as large as the current load finds lanes parked
+  // instead of waiting for new calls to reach the server.
+  const int target = std::clamp(active_requests_, config_.lanes,
+                                std::max(config_.lanes, kMaxIdleLanes));
+  const int to_open = target - idle_lanes_;
   if (to_open <= 0) return 0;
   idle_lanes_ += to_open;
   lanes_alive_ += to_open;
