@@ -19,7 +19,7 @@
 #   BIG_BYTES [1073741824]  size of the download and the upload
 #   SLOW_RATE [65536] bytes/s of the slow reader (head-of-line run)
 #   IDLE_WORKERS [1000]  idle workers for the per-worker memory figure
-#   LANES [16]        BROKER_TUNNEL_LANES of the worker (and of the idle ones)
+#   LANES [1]         BROKER_TUNNEL_LANES of the worker (and of the idle ones)
 #   LOG_LEVEL [info]  of broker-server and broker-tunnel
 #   KEEP_LOGS         set to keep the temporary directory (logs, JSON)
 set -euo pipefail
@@ -36,7 +36,7 @@ rate="${RATE:-1000}"
 big_bytes="${BIG_BYTES:-1073741824}"
 slow_rate="${SLOW_RATE:-65536}"
 idle_workers="${IDLE_WORKERS:-1000}"
-lanes="${LANES:-16}"
+lanes="${LANES:-1}"
 log_level="${LOG_LEVEL:-info}"
 token="bench-$(date +%s)-$$"
 

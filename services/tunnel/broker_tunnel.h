@@ -22,7 +22,10 @@ struct TunnelConfig {
   std::string ca_file;      // CA_CERT: extra trust for origins and server
   std::string address = "0.0.0.0";
   int http_port = 8000;  // PORT: /healthcheck, /systemcheck, /filters
-  int lanes = 16;        // BROKER_TUNNEL_LANES: idle lanes kept parked
+  // BROKER_TUNNEL_LANES: the fewest idle lanes kept parked; the pool grows
+  // to the number of requests in flight (each idle lane costs the server
+  // about 19 KiB).
+  int lanes = 1;
   absl::Duration request_timeout = absl::Minutes(10);
   int io_threads = 2;
   std::string version = "0.1.0";

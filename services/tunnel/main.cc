@@ -29,8 +29,9 @@ int main(int argc, char** argv) {
            "                        /filters (default 8000)\n"
            "  BROKER_CLIENT_URL     this client's external URL\n"
            "  CA_CERT               extra CA bundle for origins and server\n"
-           "  BROKER_TUNNEL_LANES   idle lanes kept at the server (default "
-           "16)\n"
+           "  BROKER_TUNNEL_LANES   idle lanes kept at the server at least "
+           "(default 1;\n"
+           "                        the pool grows to the requests in flight)\n"
            "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
            "(default 600000)\n"
            "  BROKER_HEALTHCHECK_PATH  path of the health check (default "
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
   config.http_port = *port;
   config.client_url = env.Optional("BROKER_CLIENT_URL", "");
   config.ca_file = env.Optional("CA_CERT", "");
-  if (!absl::SimpleAtoi(env.Optional("BROKER_TUNNEL_LANES", "16"),
+  if (!absl::SimpleAtoi(env.Optional("BROKER_TUNNEL_LANES", "1"),
                         &config.lanes)) {
     return fail(absl::InvalidArgumentError(
         "BROKER_TUNNEL_LANES must be a whole number"));
