@@ -171,6 +171,7 @@ class Worker final : public BrokerTunnel {
   int idle_lanes_ ABSL_GUARDED_BY(mu_) = 0;
   int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;
   int active_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  int peak_requests_ ABSL_GUARDED_BY(mu_) = 0;  // most at once, ever
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_) = kBackoffFirst;
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 };
@@ -737,10 +738,11 @@ void Worker::OnControlUp() {
 
 int Worker::ReserveLanesLocked() {
   if (!connected_ || stopping_) return 0;
-  // At least the configured pool, and as many idle lanes as requests in
-  // flight: a burst as large as the current load finds lanes parked
-  // instead of waiting for new calls to reach the server.
-  const int target = std::clamp(active_requests_, config_.lanes,
+  // At least the configured pool, and as many idle lanes as the most
+  // requests this worker has had in flight at once: a burst as large as
+  // the load seen so far finds lanes parked instead of waiting for new
+  // calls to reach the server, while a worker that stays idle stays cheap.
+  const int target = std::clamp(peak_requests_, config_.lanes,
                                 std::max(config_.lanes, kMaxIdleLanes));
   const int to_open = target - idle_lanes_;
   if (to_open <= 0) return 0;
@@ -790,6 +792,7 @@ void Worker::OnLaneTaken() {
     absl::MutexLock lock(&mu_);
     --idle_lanes_;
     ++active_requests_;
+    peak_requests_ = std::max(peak_requests_, active_requests_);
   }
   OpenLanes();
 }

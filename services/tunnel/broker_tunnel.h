@@ -23,7 +23,7 @@ struct TunnelConfig {
   std::string address = "0.0.0.0";
   int http_port = 8000;  // PORT: /healthcheck, /systemcheck, /filters
   // BROKER_TUNNEL_LANES: the fewest idle lanes kept parked; the pool grows
-  // to the number of requests in flight (each idle lane costs the server
+  // to the most requests in flight at once (each idle lane costs the server
   // about 19 KiB).
   int lanes = 1;
   absl::Duration request_timeout = absl::Minutes(10);
