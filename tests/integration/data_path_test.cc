@@ -9,7 +9,6 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
-#include <iostream>
 #include <random>
 #include <signal.h>
 #include <string>
@@ -86,12 +85,8 @@ class DataPathTest : public ::testing::Test {
 
   void TearDown() override {
     if (!HasFailure()) return;
-    if (server_.process) {
-      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
-    }
-    if (tunnel_.process) {
-      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
-    }
+    PrintOutput("broker-server", server_.process.get());
+    PrintOutput("broker-tunnel", tunnel_.process.get());
   }
 
   std::string BrokerUrl(absl::string_view path) const {

@@ -20,7 +20,6 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <iterator>
 #include <map>
 #include <poll.h>
@@ -188,13 +187,9 @@ class GitCloneTest : public ::testing::Test {
 
   void TearDown() override {
     if (!HasFailure()) return;
-    if (origin_) std::cerr << "--- test-origin stdout\n" << origin_->Output();
-    if (server_.process) {
-      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
-    }
-    if (tunnel_.process) {
-      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
-    }
+    PrintOutput("test-origin", origin_.get());
+    PrintOutput("broker-server", server_.process.get());
+    PrintOutput("broker-tunnel", tunnel_.process.get());
   }
 
   // Runs git with `args`; fails the test unless it exits 0. Its stdout.

@@ -15,7 +15,6 @@
 #include <array>
 #include <cerrno>
 #include <cstdint>
-#include <iostream>
 #include <poll.h>
 #include <string>
 #include <unistd.h>
@@ -131,9 +130,7 @@ class IngressLimitsTest : public ::testing::Test {
 
   void TearDown() override {
     if (!HasFailure()) return;
-    if (server_.process) {
-      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
-    }
+    PrintOutput("broker-server", server_.process.get());
   }
 
   std::string BrokerUrl(absl::string_view token, absl::string_view path) const {

@@ -7,10 +7,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 namespace broker::testing {
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(20);
+
+void PrintOutput(const std::string& name, ChildProcess* process) {
+  if (process == nullptr) return;
+  std::cerr << "--- " << name << " stdout\n" << process->Output();
+}
 
 TempDir::TempDir() {
   std::string pattern =

@@ -27,6 +27,10 @@ struct TunnelProcess {
   int http_port = 0;
 };
 
+// Prints what `process` wrote to stdout, under a "--- <name> stdout" line
+// (for a failed test's TearDown); nothing for a process never started.
+void PrintOutput(const std::string& name, ChildProcess* process);
+
 // A scratch directory removed with everything in it.
 class TempDir {
  public:

@@ -11,7 +11,6 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
-#include <iostream>
 #include <string>
 #include <vector>
 
@@ -58,12 +57,8 @@ class ServerBodyRulesTest : public ::testing::Test {
 
   void TearDown() override {
     if (!HasFailure()) return;
-    if (server_.process) {
-      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
-    }
-    if (tunnel_.process) {
-      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
-    }
+    PrintOutput("broker-server", server_.process.get());
+    PrintOutput("broker-tunnel", tunnel_.process.get());
   }
 
   absl::StatusOr<Fetched> Post(absl::string_view path, std::string body,

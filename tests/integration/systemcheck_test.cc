@@ -11,7 +11,6 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
-#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
@@ -60,9 +59,7 @@ class SystemCheckTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (HasFailure() && tunnel_.process) {
-      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
-    }
+    if (HasFailure()) PrintOutput("broker-tunnel", tunnel_.process.get());
   }
 
   TempDir dir_;

@@ -15,7 +15,6 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
-#include <iostream>
 #include <random>
 #include <string>
 
@@ -89,12 +88,8 @@ class TlsTest : public ::testing::Test {
 
   void TearDown() override {
     if (!HasFailure()) return;
-    if (server_.process) {
-      std::cerr << "--- broker-server stdout\n" << server_.process->Output();
-    }
-    if (tunnel_.process) {
-      std::cerr << "--- broker-tunnel stdout\n" << tunnel_.process->Output();
-    }
+    PrintOutput("broker-server", server_.process.get());
+    PrintOutput("broker-tunnel", tunnel_.process.get());
   }
 
   std::string BrokerUrl(absl::string_view token, absl::string_view path) const {
