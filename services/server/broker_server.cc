@@ -136,9 +136,14 @@ class DefaultBrokerServer final : public BrokerServer {
   // Idempotent. The executor stops last: reactors and timers refer to the
   // registry, which must outlive them.
   void Shutdown(absl::Time deadline) override {
+    // The HTTP side returns once every relayed request has ended (or the
+    // deadline cut it). What is left on the tunnel endpoint are the workers'
+    // Control calls and parked lanes, which never end by themselves: end them
+    // now (the workers reconnect, elsewhere in HA) rather than at the
+    // deadline.
     if (http_server_) http_server_->Shutdown(deadline);
     if (grpc_server_) {
-      grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+      grpc_server_->Shutdown(std::chrono::system_clock::now());
       grpc_server_->Wait();
       grpc_server_.reset();
     }

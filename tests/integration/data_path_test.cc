@@ -320,6 +320,22 @@ TEST_F(DataPathTest, WorkerReconnectsAfterAServerRestart) {
   EXPECT_EQ(r->status, 200);
 }
 
+TEST_F(DataPathTest, ServerSigtermFinishesInFlightRequestsThenExitsPromptly) {
+  absl::StatusOr<Fetched> result;
+  std::thread request([&] { result = Get("/slow/1000"); });
+  ASSERT_TRUE(
+      origin_->WaitForLine("request GET /slow/1000", absl::Seconds(10)).ok());
+  server_.process->Signal(SIGTERM);
+  request.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->status, 200) << "the in-flight request must finish";
+  // The worker's Control call and parked lanes do not hold the exit back
+  // until the grace period (30 s) ends.
+  auto server_exit = server_.process->Wait(absl::Seconds(10));
+  ASSERT_TRUE(server_exit.ok()) << server_exit.status();
+  EXPECT_EQ(*server_exit, 0);
+}
+
 TEST_F(DataPathTest, SigtermExitsCleanly) {
   tunnel_.process->Signal(SIGTERM);
   auto tunnel_exit = tunnel_.process->Wait(absl::Seconds(20));
