@@ -30,14 +30,20 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
+
+#include <sys/socket.h>
 
 namespace broker::common::http {
 namespace {
@@ -231,6 +237,133 @@ absl::Status MapError(const beast::error_code& ec, absl::string_view what,
   return absl::UnknownError(absl::StrCat(what, " ", where, ": ", ec.message()));
 }
 
+using Strand = net::strand<net::io_context::executor_type>;
+
+// One connection to an origin. Every use happens on `strand`: the call that
+// owns it, then, after a clean exchange, the next call that takes it from
+// the pool (which adopts the strand).
+struct Connection {
+  explicit Connection(const Strand& s) : strand(s), tcp(s) {}
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Whether the origin closed it (or sent something unasked) while it was
+  // idle: a non-blocking peek, no wait.
+  bool LooksClosed() {
+    if (!tcp.socket().is_open()) return true;
+    char byte = 0;
+    const ssize_t n =
+        ::recv(tcp.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+  }
+
+  Strand strand;
+  beast::tcp_stream tcp;
+  std::optional<ssl::stream<beast::tcp_stream&>> tls;  // after tcp
+  absl::Time idle_since;
+};
+
+// Idle keep-alive connections, by origin ("https|host|port"). Thread-safe:
+// Take() runs in Send() on any thread, Put() on the strand of the call that
+// finished, the sweep on an io thread. An idle connection has no operation
+// pending, so closing it anywhere is safe; closing happens outside mu_.
+class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
+ public:
+  ConnectionPool(net::io_context& io, absl::Duration idle_timeout,
+                 int max_idle_per_origin)
+      : idle_timeout_(idle_timeout),
+        max_idle_per_origin_(max_idle_per_origin),
+        sweep_timer_(io) {}
+
+  bool enabled() const { return max_idle_per_origin_ > 0; }
+
+  // The most recently used idle connection to `key` that still looks
+  // open, or null.
+  std::unique_ptr<Connection> Take(const std::string& key)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    const absl::Time now = absl::Now();
+    while (true) {
+      std::unique_ptr<Connection> connection;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = idle_.find(key);
+        if (it == idle_.end()) return nullptr;
+        connection = std::move(it->second.back());
+        it->second.pop_back();
+        if (it->second.empty()) idle_.erase(it);
+      }
+      if (now - connection->idle_since < idle_timeout_ &&
+          !connection->LooksClosed()) {
+        return connection;
+      }
+    }
+  }
+
+  void Put(const std::string& key, std::unique_ptr<Connection> connection)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    connection->idle_since = absl::Now();
+    bool arm = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto& idle = idle_[key];
+      if (static_cast<int>(idle.size()) < max_idle_per_origin_) {
+        idle.push_back(std::move(connection));
+        arm = !sweep_armed_;
+        sweep_armed_ = true;
+      }
+    }
+    if (arm) ArmSweep();
+  }
+
+ private:
+  // Closes connections idle past the timeout, every half timeout while any
+  // is idle, so a quiet worker holds no stale sockets for long.
+  void ArmSweep() {
+    sweep_timer_.expires_after(ToChrono(idle_timeout_ / 2));
+    sweep_timer_.async_wait(
+        [weak = weak_from_this()](const beast::error_code& ec) {
+          if (ec) return;
+          if (auto self = weak.lock()) self->Sweep();
+        });
+  }
+
+  void Sweep() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::vector<std::unique_ptr<Connection>> expired;
+    bool rearm = false;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time cutoff = absl::Now() - idle_timeout_;
+      for (auto it = idle_.begin(); it != idle_.end();) {
+        auto& idle = it->second;
+        // Oldest first: Put() appends.
+        auto fresh = std::find_if(idle.begin(), idle.end(), [&](auto& c) {
+          return c->idle_since >= cutoff;
+        });
+        std::move(idle.begin(), fresh, std::back_inserter(expired));
+        idle.erase(idle.begin(), fresh);
+        if (idle.empty()) {
+          idle_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+      rearm = !idle_.empty();
+      sweep_armed_ = rearm;
+    }
+    expired.clear();  // closes them, outside the lock
+    if (rearm) ArmSweep();
+  }
+
+  const absl::Duration idle_timeout_;
+  const int max_idle_per_origin_;
+  net::steady_timer sweep_timer_;  // armed only by Put() or Sweep()
+
+  absl::Mutex mu_;
+  std::map<std::string, std::vector<std::unique_ptr<Connection>>> idle_
+      ABSL_GUARDED_BY(mu_);
+  bool sweep_armed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 class Call;
 
 // The response body: pulls from the call's connection on its strand.
@@ -249,27 +382,42 @@ class ResponseBodyReader final : public BodyReader {
   std::shared_ptr<Call> call_;
 };
 
-// One request/response exchange on its own connection.
+// One request/response exchange, on a new connection or on an idle one
+// from the pool. After a clean exchange (keep-alive, the whole answer read)
+// the connection goes back to the pool; otherwise it is closed.
 //
-// Threading: every member is touched only on `strand_`. Send() posts
-// Start(); the body reader posts ReadBody() and Abandon(). Pending I/O holds
-// a shared_ptr to the call, and so does the response body reader, so the
-// call lives until its connection is closed and nobody can read any more.
-// The deadline timer holds only a weak_ptr and never keeps a call alive.
+// Threading: every member is touched only on `strand_`, the connection's.
+// Send() posts Start(); the body reader posts ReadBody() and Abandon().
+// Pending I/O holds a shared_ptr to the call, and so does the response body
+// reader, so the call lives until its connection is closed or pooled and
+// nobody can read any more. The deadline timer holds only a weak_ptr and
+// never keeps a call alive.
 class Call : public std::enable_shared_from_this<Call> {
  public:
+  // `reused`: `connection` came from `pool`, already connected.
   Call(net::io_context& io, std::shared_ptr<ssl::context> tls_context,
        std::shared_ptr<const ClientOptions> options, Target target,
-       ClientRequest request, Client::ResponseHandler done)
-      : strand_(net::make_strand(io)),
+       ClientRequest request, Client::ResponseHandler done,
+       std::unique_ptr<Connection> connection, bool reused,
+       std::weak_ptr<ConnectionPool> pool)
+      : strand_(connection ? connection->strand : net::make_strand(io)),
         tls_context_(std::move(tls_context)),
         options_(std::move(options)),
         target_(std::move(target)),
+        pool_key_(PoolKey(target_)),
         request_(std::move(request)),
         done_(std::move(done)),
+        pool_(std::move(pool)),
         resolver_(strand_),
         deadline_timer_(strand_),
-        tcp_(strand_) {}
+        connection_(connection ? std::move(connection)
+                               : std::make_unique<Connection>(strand_)),
+        reused_(reused) {}
+
+  static std::string PoolKey(const Target& target) {
+    return absl::StrCat(target.tls ? "https|" : "http|", target.host, "|",
+                        target.port);
+  }
 
   const net::strand<net::io_context::executor_type>& strand() const {
     return strand_;
@@ -301,14 +449,11 @@ class Call : public std::enable_shared_from_this<Call> {
             });
           });
     }
-    phase_ = Phase::kResolving;
-    resolver_.async_resolve(target_.host, target_.port,
-                            tcp::resolver::numeric_service,
-                            [self = shared_from_this()](
-                                const beast::error_code& ec,
-                                const tcp::resolver::results_type& results) {
-                              self->OnResolve(ec, results);
-                            });
+    if (reused_) {
+      WriteRequestHead();
+      return;
+    }
+    Resolve();
   }
 
   void ReadBody(BodyReader::ReadHandler handler) {
@@ -346,21 +491,79 @@ class Call : public std::enable_shared_from_this<Call> {
     kFailed,  // `done_` has run with an error
   };
 
+  void Resolve() {
+    phase_ = Phase::kResolving;
+    resolver_.async_resolve(target_.host, target_.port,
+                            tcp::resolver::numeric_service,
+                            [self = shared_from_this()](
+                                const beast::error_code& ec,
+                                const tcp::resolver::results_type& results) {
+                              self->OnResolve(ec, results);
+                            });
+  }
+
   template <typename F>
   void WithStream(F&& f) {
-    if (tls_.has_value()) {
-      f(*tls_);
+    if (connection_->tls.has_value()) {
+      f(*connection_->tls);
     } else {
-      f(tcp_);
+      f(connection_->tcp);
     }
   }
 
   void Close() {
-    beast::error_code ignored;
     resolver_.cancel();
     deadline_timer_.cancel();
-    tcp_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    tcp_.close();
+    CloseConnection();
+  }
+
+  // The connection stays allocated until the call ends: an operation still
+  // pending on it completes with operation_aborted.
+  void CloseConnection() {
+    if (connection_ == nullptr) return;  // back in the pool
+    beast::error_code ignored;
+    connection_->tcp.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    connection_->tcp.close();
+  }
+
+  // The answer has been read whole: keep the connection for the next call
+  // when the exchange allows it, else close it.
+  void Completed() {
+    resolver_.cancel();
+    deadline_timer_.cancel();
+    auto pool = pool_.lock();
+    const bool reusable = pool != nullptr && pool->enabled() &&
+                          parser_->keep_alive() && buffer_.size() == 0 &&
+                          parser_->get().result_int() != 101 &&
+                          connection_->tcp.socket().is_open();
+    if (!reusable) {
+      CloseConnection();
+      return;
+    }
+    pool->Put(pool_key_, std::move(connection_));
+  }
+
+  // A reused connection the origin had closed while it sat idle (it fails
+  // at once, before any byte of an answer): a request whose body was not
+  // touched yet is sent again, once, on a new connection.
+  bool RetryOnNewConnection(const beast::error_code& ec) {
+    if (!reused_ || body_pulled_ || (parser_ && parser_->got_some())) {
+      return false;
+    }
+    if (ec != net::error::eof && ec != bhttp::error::end_of_stream &&
+        ec != net::error::connection_reset && ec != net::error::broken_pipe &&
+        ec != ssl::error::stream_truncated) {
+      return false;
+    }
+    reused_ = false;
+    CloseConnection();
+    connection_ = std::make_unique<Connection>(strand_);
+    serializer_.reset();
+    parser_.reset();
+    buffer_.clear();
+    request_head_ = {};
+    Resolve();
+    return true;
   }
 
   // Ends the call before a response head was delivered.
@@ -413,12 +616,13 @@ class Call : public std::enable_shared_from_this<Call> {
       return;
     }
     phase_ = Phase::kConnecting;
-    tcp_.expires_after(ToChrono(options_->connect_timeout));
-    tcp_.async_connect(results, [self = shared_from_this()](
-                                    const beast::error_code& connect_ec,
+    connection_->tcp.expires_after(ToChrono(options_->connect_timeout));
+    connection_->tcp.async_connect(
+        results,
+        [self = shared_from_this()](const beast::error_code& connect_ec,
                                     const tcp::endpoint& /*endpoint*/) {
-      self->OnConnect(connect_ec);
-    });
+          self->OnConnect(connect_ec);
+        });
   }
 
   void OnConnect(const beast::error_code& ec) {
@@ -428,20 +632,20 @@ class Call : public std::enable_shared_from_this<Call> {
       return;
     }
     // The call deadline covers the rest (deadline_timer_).
-    tcp_.expires_never();
+    connection_->tcp.expires_never();
     beast::error_code ignored;
-    tcp_.socket().set_option(tcp::no_delay(true), ignored);
+    connection_->tcp.socket().set_option(tcp::no_delay(true), ignored);
     if (!target_.tls) {
       WriteRequestHead();
       return;
     }
-    tls_.emplace(tcp_, *tls_context_);
+    connection_->tls.emplace(connection_->tcp, *tls_context_);
     if (const absl::Status status = ConfigureTls(); !status.ok()) {
       Fail(status);
       return;
     }
     phase_ = Phase::kHandshaking;
-    tls_->async_handshake(
+    connection_->tls->async_handshake(
         ssl::stream_base::client,
         [self = shared_from_this()](const beast::error_code& handshake_ec) {
           self->OnHandshake(handshake_ec);
@@ -450,7 +654,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   // SNI and the name the certificate must carry.
   [[nodiscard]] absl::Status ConfigureTls() {
-    SSL* ssl = tls_->native_handle();
+    SSL* ssl = connection_->tls->native_handle();
     beast::error_code ec;
     net::ip::make_address(target_.host, ec);
     const bool is_ip = !ec;
@@ -478,7 +682,8 @@ class Call : public std::enable_shared_from_this<Call> {
     if (phase_ != Phase::kHandshaking) return;
     if (ec) {
       std::string message = ec.message();
-      const auto verify = SSL_get_verify_result(tls_->native_handle());
+      const auto verify =
+          SSL_get_verify_result(connection_->tls->native_handle());
       if (verify != X509_V_OK) {
         absl::StrAppend(&message, " (", X509_verify_cert_error_string(verify),
                         ")");
@@ -514,6 +719,7 @@ class Call : public std::enable_shared_from_this<Call> {
                           const beast::error_code& ec, std::size_t) {
       if (self->phase_ != Phase::kWritingRequest) return;
       if (ec) {
+        if (self->RetryOnNewConnection(ec)) return;
         self->Fail(MapError(ec, "write request to", self->target_.where));
       } else if (has_body) {
         self->PullRequestBody();
@@ -533,6 +739,7 @@ class Call : public std::enable_shared_from_this<Call> {
   // One chunk in flight: the next Read starts after the previous chunk was
   // written to the socket, which is the back-pressure on the source.
   void PullRequestBody() {
+    body_pulled_ = true;
     request_.body->Read([self = shared_from_this()](absl::Status status,
                                                     BodyChunk chunk) mutable {
       // The reader may answer on any thread, even inside Read().
@@ -611,6 +818,7 @@ class Call : public std::enable_shared_from_this<Call> {
   void OnHead(const beast::error_code& ec) {
     if (phase_ != Phase::kReadingHead) return;
     if (ec) {
+      if (RetryOnNewConnection(ec)) return;
       Fail(MapError(ec, "read response from", target_.where));
       return;
     }
@@ -634,7 +842,7 @@ class Call : public std::enable_shared_from_this<Call> {
       response.head.content_length = *parser_->content_length();
     }
     body_done_ = parser_->is_done();
-    if (body_done_) Close();
+    if (body_done_) Completed();
     phase_ = Phase::kBody;
     response.body = std::make_unique<ResponseBodyReader>(shared_from_this());
     Deliver(std::move(response));
@@ -677,7 +885,7 @@ class Call : public std::enable_shared_from_this<Call> {
       return;
     }
     body_done_ = done;
-    if (done) Close();
+    if (done) Completed();
     BodyChunk chunk{std::string(read_buffer_.data(), bytes), done};
     auto handler = std::move(pending_read_);
     pending_read_ = nullptr;
@@ -688,13 +896,17 @@ class Call : public std::enable_shared_from_this<Call> {
   const std::shared_ptr<ssl::context> tls_context_;
   const std::shared_ptr<const ClientOptions> options_;
   const Target target_;
+  const std::string pool_key_;
   ClientRequest request_;
   Client::ResponseHandler done_;
+  const std::weak_ptr<ConnectionPool> pool_;
 
   tcp::resolver resolver_;
   net::steady_timer deadline_timer_;
-  beast::tcp_stream tcp_;
-  std::optional<ssl::stream<beast::tcp_stream&>> tls_;  // after tcp_
+  // Null once handed back to the pool.
+  std::unique_ptr<Connection> connection_;
+  bool reused_;
+  bool body_pulled_ = false;  // the request body was read from: no retry
   Phase phase_ = Phase::kStart;
 
   bhttp::request<bhttp::buffer_body> request_head_;
@@ -726,16 +938,18 @@ void ResponseBodyReader::Read(ReadHandler handler) {
             });
 }
 
-// Send() may be called from any thread: the client itself is immutable, and
-// each call runs on its own strand. A new connection per call; pooling
-// (keyed by scheme, host and port) is a later optimisation.
+// Send() may be called from any thread: the client itself is immutable
+// apart from its connection pool (thread-safe), and each call runs on the
+// strand of its connection.
 class DefaultClient final : public Client {
  public:
   DefaultClient(net::io_context& io, ClientOptions options,
                 std::shared_ptr<ssl::context> tls_context)
       : io_(io),
         options_(std::make_shared<const ClientOptions>(std::move(options))),
-        tls_context_(std::move(tls_context)) {}
+        tls_context_(std::move(tls_context)),
+        pool_(std::make_shared<ConnectionPool>(
+            io, options_->idle_timeout, options_->max_idle_per_origin)) {}
 
   void Send(ClientRequest request, ResponseHandler done) override {
     absl::StatusOr<Target> target = ParseUrl(request.url);
@@ -748,9 +962,12 @@ class DefaultClient final : public Client {
                 });
       return;
     }
-    auto call =
-        std::make_shared<Call>(io_, tls_context_, options_, *std::move(target),
-                               std::move(request), std::move(done));
+    std::unique_ptr<Connection> idle =
+        pool_->enabled() ? pool_->Take(Call::PoolKey(*target)) : nullptr;
+    const bool reused = idle != nullptr;
+    auto call = std::make_shared<Call>(
+        io_, tls_context_, options_, *std::move(target), std::move(request),
+        std::move(done), std::move(idle), reused, pool_);
     const auto& strand = call->strand();
     net::post(strand, [call] { call->Start(); });
   }
@@ -759,6 +976,7 @@ class DefaultClient final : public Client {
   net::io_context& io_;
   const std::shared_ptr<const ClientOptions> options_;
   const std::shared_ptr<ssl::context> tls_context_;
+  const std::shared_ptr<ConnectionPool> pool_;
 };
 
 }  // namespace

@@ -30,6 +30,12 @@ struct ClientOptions {
   // Only for tests of the failure path; never set from configuration.
   bool insecure_skip_verify = false;
   absl::Duration connect_timeout = absl::Seconds(10);
+  // Keep-alive: a connection whose exchange ended cleanly waits, idle, for
+  // the next call to the same scheme, host and port. It is closed after
+  // `idle_timeout` unused, and at most `max_idle_per_origin` wait per
+  // origin (0 turns reuse off: a new connection per call).
+  absl::Duration idle_timeout = absl::Seconds(15);
+  int max_idle_per_origin = 128;
 };
 
 // Lets the caller give up on a call it started (the platform went away):
@@ -94,10 +100,13 @@ class Client {
       boost::asio::io_context& io, ClientOptions options);
   virtual ~Client() = default;
   // Starts one call; `done` runs once, on an io thread, with the response
-  // head (and body reader) or the error. Thread-safe. `request.deadline`
-  // bounds the whole call, body included. The Client may be destroyed while
-  // calls are in flight; they finish on `io`. Destroying `io` destroys the
-  // handlers of unfinished calls without running them.
+  // head (and body reader) or the error. Thread-safe. The call reuses an
+  // idle keep-alive connection to the same origin when there is one; a
+  // request without body whose reused connection turns out closed by the
+  // origin before any answer is sent again once on a new connection.
+  // `request.deadline` bounds the whole call, body included. The Client may be
+  // destroyed while calls are in flight; they finish on `io`. Destroying `io`
+  // destroys the handlers of unfinished calls without running them.
   virtual void Send(ClientRequest request, ResponseHandler done) = 0;
 };
 

@@ -284,6 +284,7 @@ class TestOrigin::Impl {
   void ConnectionOpened() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     ++connections_;
+    ++accepted_;
   }
   void ConnectionClosed() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
@@ -298,6 +299,10 @@ class TestOrigin::Impl {
   int open_connections() const ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return connections_;
+  }
+  int accepted_connections() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return accepted_;
   }
   bool WaitForNoConnections(absl::Duration timeout) const
       ABSL_LOCKS_EXCLUDED(mu_) {
@@ -317,6 +322,7 @@ class TestOrigin::Impl {
   std::atomic<std::uint64_t> body_bytes_{0};
   mutable absl::Mutex mu_;
   int connections_ ABSL_GUARDED_BY(mu_) = 0;
+  int accepted_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   std::optional<ssl::context> tls_;
   // Sessions refer to everything above; they die with io_.
@@ -943,6 +949,10 @@ std::uint64_t TestOrigin::body_bytes_received() const {
 }
 
 int TestOrigin::open_connections() const { return impl_->open_connections(); }
+
+int TestOrigin::accepted_connections() const {
+  return impl_->accepted_connections();
+}
 
 bool TestOrigin::WaitForNoConnections(absl::Duration timeout) const {
   return impl_->WaitForNoConnections(timeout);

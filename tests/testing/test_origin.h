@@ -87,6 +87,8 @@ class TestOrigin {
   std::uint64_t body_bytes_received() const;
   // Connections accepted and not yet closed.
   int open_connections() const;
+  // Connections accepted since the start, closed or not.
+  int accepted_connections() const;
   // Waits until no connection is open; false on timeout.
   [[nodiscard]] bool WaitForNoConnections(absl::Duration timeout) const;
 

@@ -11,6 +11,8 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
+#include "boost/asio/write.hpp"
+#include "boost/beast/core/error.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -19,6 +21,7 @@
 #include "openssl/x509.h"
 #include "openssl/x509v3.h"
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -36,6 +39,7 @@ namespace broker::common::http {
 namespace {
 
 namespace net = boost::asio;
+namespace beast = boost::beast;
 using ::broker::testing::IsOk;
 using ::broker::testing::Sha256;
 using ::broker::testing::StatusIs;
@@ -754,6 +758,193 @@ TEST_F(ClientTest, SendIsThreadSafe) {
             static_cast<std::uint64_t>(kThreads * kCallsPerThread));
 }
 
+// --- Keep-alive connections ------------------------------------------------
+
+// A GET read to the end, on `client`; the body as text.
+absl::StatusOr<std::string> GetAll(Client& client, const std::string& url) {
+  absl::StatusOr<ClientResponse> response =
+      SendAndWait(client, MakeRequest("GET", url));
+  if (!response.ok()) return response.status();
+  return ReadAll(*response->body);
+}
+
+TEST_F(ClientTest, KeepAliveConnectionsAreReused) {
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_THAT(GetAll(*client_, origin_->Url("/bytes/1000")), IsOk());
+  }
+  ClientRequest post = MakeRequest("POST", origin_->Url("/echo"));
+  post.body = std::make_unique<ChunksReader>(std::vector<std::string>{"abc"});
+  post.body_length = 3;
+  ClientResponse response = Call(std::move(post));
+  ASSERT_NE(response.body, nullptr);
+  EXPECT_THAT(ReadAll(*response.body), IsOk());
+  EXPECT_EQ(origin_->request_count(), 6U);
+  EXPECT_EQ(origin_->accepted_connections(), 1);
+}
+
+TEST_F(ClientTest, ConcurrentCallsEachGetAConnectionThenShareThem) {
+  // Two calls in flight at once need two connections; afterwards both
+  // are reused.
+  ClientResponse first = Call(MakeRequest("GET", origin_->Url("/bytes/10")));
+  ClientResponse second = Call(MakeRequest("GET", origin_->Url("/bytes/10")));
+  ASSERT_NE(first.body, nullptr);
+  ASSERT_NE(second.body, nullptr);
+  EXPECT_THAT(ReadAll(*first.body), IsOk());
+  EXPECT_THAT(ReadAll(*second.body), IsOk());
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(GetAll(*client_, origin_->Url("/bytes/10")), IsOk());
+  }
+  EXPECT_EQ(origin_->accepted_connections(), 2);
+}
+
+TEST_F(ClientTest, AConnectionTheOriginClosesIsNotReused) {
+  // ?close=1: no Content-Length, the body ends with the connection.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(GetAll(*client_, origin_->Url("/bytes/10?close=1")), IsOk());
+  }
+  EXPECT_EQ(origin_->accepted_connections(), 3);
+}
+
+TEST_F(ClientTest, ABodyNotReadToTheEndNeverGoesBackToThePool) {
+  ClientResponse response =
+      Call(MakeRequest("GET", origin_->Url("/bytes/1000000")));
+  ASSERT_NE(response.body, nullptr);
+  ASSERT_THAT(ReadChunk(*response.body), IsOk());
+  response.body.reset();
+  EXPECT_THAT(GetAll(*client_, origin_->Url("/bytes/10")), IsOk());
+  EXPECT_EQ(origin_->accepted_connections(), 2);
+}
+
+TEST_F(ClientTest, IdleConnectionsAreClosedAfterTheIdleTimeout) {
+  ClientOptions options;
+  options.idle_timeout = absl::Milliseconds(200);
+  auto client = Client::Create(io_.io(), options);
+  ASSERT_THAT(client, IsOk());
+  EXPECT_THAT(GetAll(**client, origin_->Url("/bytes/10")), IsOk());
+  // The sweep closes it while the client lives.
+  EXPECT_TRUE(origin_->WaitForNoConnections(kWait));
+  EXPECT_THAT(GetAll(**client, origin_->Url("/bytes/10")), IsOk());
+  EXPECT_EQ(origin_->accepted_connections(), 2);
+}
+
+TEST_F(ClientTest, NoIdleConnectionsMeansANewConnectionPerCall) {
+  ClientOptions options;
+  options.max_idle_per_origin = 0;
+  auto client = Client::Create(io_.io(), options);
+  ASSERT_THAT(client, IsOk());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(GetAll(**client, origin_->Url("/bytes/10")), IsOk());
+  }
+  EXPECT_EQ(origin_->accepted_connections(), 3);
+}
+
+// An origin written by hand for the race a pool must survive: on its first
+// connection it answers one request with keep-alive, then reads the next
+// request and closes without answering (as an origin whose keep-alive timer
+// fired at that moment would). Later connections get one answer each, with
+// "Connection: close".
+class ClosesAfterOneAnswer {
+ public:
+  ClosesAfterOneAnswer()
+      : acceptor_(io_, {net::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~ClosesAfterOneAnswer() {
+    // A blocking accept() does not return when the acceptor closes: wake
+    // it with a connection of our own.
+    stopping_ = true;
+    beast::error_code ignored;
+    net::ip::tcp::socket wake(io_);
+    wake.connect(acceptor_.local_endpoint(), ignored);
+    thread_.join();
+  }
+  std::string Url(absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", acceptor_.local_endpoint().port(),
+                        path);
+  }
+  int connections() const { return connections_.load(); }
+  int requests() const { return requests_.load(); }
+
+ private:
+  // Reads one request head and its body (Content-Length only); false at
+  // the end of the connection.
+  bool ReadRequest(net::ip::tcp::socket& socket, std::string& buffer) {
+    beast::error_code ec;
+    std::array<char, 4096> data{};
+    std::size_t end = 0;
+    while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
+      const std::size_t n = socket.read_some(net::buffer(data), ec);
+      if (ec) return false;
+      buffer.append(data.data(), n);
+    }
+    std::size_t length = 0;
+    const std::size_t at = buffer.find("Content-Length: ");
+    if (at != std::string::npos && at < end) {
+      length = std::stoul(buffer.substr(at + 16));
+    }
+    while (buffer.size() < end + 4 + length) {
+      const std::size_t n = socket.read_some(net::buffer(data), ec);
+      if (ec) return false;
+      buffer.append(data.data(), n);
+    }
+    buffer.erase(0, end + 4 + length);
+    ++requests_;
+    return true;
+  }
+
+  void Serve() {
+    for (int i = 0;; ++i) {
+      beast::error_code ec;
+      net::ip::tcp::socket socket(io_);
+      acceptor_.accept(socket, ec);
+      if (ec || stopping_) return;
+      ++connections_;
+      std::string buffer;
+      if (!ReadRequest(socket, buffer)) continue;
+      const bool first = i == 0;
+      const std::string answer =
+          absl::StrCat("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+                       first ? "" : "Connection: close\r\n", "\r\nok");
+      net::write(socket, net::buffer(answer), ec);
+      if (ec || !first) continue;
+      ReadRequest(socket, buffer);
+      // Closes without answering the second request.
+    }
+  }
+
+  net::io_context io_;
+  net::ip::tcp::acceptor acceptor_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> connections_{0};
+  std::atomic<int> requests_{0};
+  std::thread thread_;
+};
+
+TEST_F(ClientTest, ARequestWithoutBodyIsSentAgainWhenTheReusedConnectionDies) {
+  ClosesAfterOneAnswer origin;
+  EXPECT_THAT(GetAll(*client_, origin.Url("/a")), IsOk());
+  // Goes out on the pooled connection, which the origin closes unanswered:
+  // sent again on a new connection, where it is the first and answered.
+  absl::StatusOr<std::string> second = GetAll(*client_, origin.Url("/b"));
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(*second, "ok");
+  EXPECT_EQ(origin.connections(), 2);
+  EXPECT_EQ(origin.requests(), 3);
+}
+
+TEST_F(ClientTest, ARequestWithABodyIsNeverSentTwice) {
+  ClosesAfterOneAnswer origin;
+  EXPECT_THAT(GetAll(*client_, origin.Url("/a")), IsOk());
+  ClientRequest post = MakeRequest("POST", origin.Url("/b"));
+  post.body = std::make_unique<ChunksReader>(std::vector<std::string>{"abc"});
+  post.body_length = 3;
+  // The body was read from its source: it cannot be sent again, so the
+  // call fails instead.
+  EXPECT_THAT(SendAndWait(*client_, std::move(post)), Not(IsOk()));
+  EXPECT_EQ(origin.connections(), 1);
+  EXPECT_EQ(origin.requests(), 2);
+}
+
 TEST(DownstreamErrorCodeTest, FollowsSnykNames) {
   EXPECT_EQ(DownstreamErrorCode(absl::UnavailableError("")),
             "DOWNSTREAM_UNREACHABLE");
@@ -920,6 +1111,25 @@ TEST_F(ClientTlsTest, VerifiesWithTheCaFile) {
       Get(options, origin->Url("/bytes/3000000?chunked=1"));
   ASSERT_THAT(big, IsOk());
   EXPECT_TRUE(*big == TestPattern(0, 3000000));
+}
+
+TEST_F(ClientTlsTest, TlsConnectionsAreReused) {
+  std::unique_ptr<TestOrigin> origin =
+      StartOrigin("server.pem", "server-key.pem");
+  ASSERT_NE(origin, nullptr);
+  ClientOptions options;
+  options.ca_file = Path("ca.pem");
+  auto client = Client::Create(io_.io(), options);
+  ASSERT_THAT(client, IsOk());
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<ClientResponse> response =
+        SendAndWait(**client, MakeRequest("GET", origin->Url("/bytes/70000")));
+    ASSERT_THAT(response, IsOk());
+    absl::StatusOr<std::string> body = ReadAll(*response->body);
+    ASSERT_THAT(body, IsOk());
+    EXPECT_EQ(*body, TestPattern(0, 70000));
+  }
+  EXPECT_EQ(origin->accepted_connections(), 1);
 }
 
 TEST_F(ClientTlsTest, UntrustedCertificateFails) {
