@@ -261,6 +261,10 @@ struct Connection {
   beast::tcp_stream tcp;
   std::optional<ssl::stream<beast::tcp_stream&>> tls;  // after tcp
   absl::Time idle_since;
+  // Read buffers, kept with the connection so that a reused connection
+  // allocates nothing per call. `buffer` is empty between calls.
+  beast::flat_buffer buffer;
+  std::vector<char> body_buffer;  // sized on the first body read
 };
 
 // Idle keep-alive connections, by origin ("https|host|port"). Thread-safe:
@@ -532,10 +536,10 @@ class Call : public std::enable_shared_from_this<Call> {
     resolver_.cancel();
     deadline_timer_.cancel();
     auto pool = pool_.lock();
-    const bool reusable = pool != nullptr && pool->enabled() &&
-                          parser_->keep_alive() && buffer_.size() == 0 &&
-                          parser_->get().result_int() != 101 &&
-                          connection_->tcp.socket().is_open();
+    const bool reusable =
+        pool != nullptr && pool->enabled() && parser_->keep_alive() &&
+        connection_->buffer.size() == 0 && parser_->get().result_int() != 101 &&
+        connection_->tcp.socket().is_open();
     if (!reusable) {
       CloseConnection();
       return;
@@ -560,7 +564,6 @@ class Call : public std::enable_shared_from_this<Call> {
     connection_ = std::make_unique<Connection>(strand_);
     serializer_.reset();
     parser_.reset();
-    buffer_.clear();
     request_head_ = {};
     Resolve();
     return true;
@@ -800,7 +803,7 @@ class Call : public std::enable_shared_from_this<Call> {
     phase_ = Phase::kReadingHead;
     // Beast reads max(512, free capacity) bytes at a time: without room,
     // a body arrives in 512-byte reads.
-    buffer_.reserve(kChunkBytes);
+    connection_->buffer.reserve(kChunkBytes);
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     // No limit. Not boost::none: Beast 1.74 compares `len > optional` in
@@ -809,7 +812,7 @@ class Call : public std::enable_shared_from_this<Call> {
     if (request_.method == "HEAD") parser_->skip(true);
     WithStream([&](auto& stream) {
       bhttp::async_read_header(
-          stream, buffer_, *parser_,
+          stream, connection_->buffer, *parser_,
           [self = shared_from_this()](const beast::error_code& ec,
                                       std::size_t) { self->OnHead(ec); });
     });
@@ -850,11 +853,13 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void ReadSomeBody() {
     auto& body = parser_->get().body();
-    body.data = read_buffer_.data();
-    body.size = read_buffer_.size();
+    std::vector<char>& read_buffer = connection_->body_buffer;
+    if (read_buffer.empty()) read_buffer.resize(kChunkBytes);
+    body.data = read_buffer.data();
+    body.size = read_buffer.size();
     WithStream([&](auto& stream) {
       bhttp::async_read_some(
-          stream, buffer_, *parser_,
+          stream, connection_->buffer, *parser_,
           [self = shared_from_this()](const beast::error_code& ec,
                                       std::size_t) { self->OnBodyRead(ec); });
     });
@@ -863,7 +868,8 @@ class Call : public std::enable_shared_from_this<Call> {
   void OnBodyRead(beast::error_code ec) {
     if (abandoned_) return;
     if (ec == bhttp::error::need_buffer) ec = {};
-    const std::size_t bytes = read_buffer_.size() - parser_->get().body().size;
+    const std::vector<char>& read_buffer = connection_->body_buffer;
+    const std::size_t bytes = read_buffer.size() - parser_->get().body().size;
     if (ec || !body_status_.ok()) {
       if (body_status_.ok()) {
         body_status_ =
@@ -885,8 +891,10 @@ class Call : public std::enable_shared_from_this<Call> {
       return;
     }
     body_done_ = done;
+    // Copied out before the connection (and its buffer) may go back to the
+    // pool.
+    BodyChunk chunk{std::string(read_buffer.data(), bytes), done};
     if (done) Completed();
-    BodyChunk chunk{std::string(read_buffer_.data(), bytes), done};
     auto handler = std::move(pending_read_);
     pending_read_ = nullptr;
     std::move(handler)(absl::OkStatus(), std::move(chunk));
@@ -914,9 +922,7 @@ class Call : public std::enable_shared_from_this<Call> {
   std::string request_chunk_;  // the chunk being written
   std::uint64_t body_sent_ = 0;
 
-  beast::flat_buffer buffer_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
-  std::array<char, kChunkBytes> read_buffer_{};
   BodyReader::ReadHandler pending_read_;
   bool body_done_ = false;
   absl::Status body_status_;

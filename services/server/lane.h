@@ -40,6 +40,10 @@ class Lane {
   // Ends the call: OK after a complete exchange, CANCELLED when the platform
   // went away (the worker drops the origin call).
   virtual void Close(absl::Status status) = 0;
+  // After a complete exchange whose worker end said keep_lane: detaches the
+  // request and parks the lane again for the next one (or ends it, when
+  // the worker left meanwhile). Nothing may be called on it afterwards.
+  virtual void Repark() = 0;
   virtual const std::string& client_id() const = 0;
 };
 

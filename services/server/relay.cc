@@ -45,15 +45,14 @@ class RelayCall final : public LaneListener,
     auto self = shared_from_this();
     lane_->Attach(self);
     exchange_->OnCancel([self] {
-      self->lane_->Close(absl::CancelledError("the platform went away"));
+      self->Abort(absl::CancelledError("the platform went away"));
     });
     const absl::Duration left = request_.deadline - absl::Now();
     timer_.expires_after(
         absl::ToChronoMilliseconds(std::max(left, absl::ZeroDuration())));
     timer_.async_wait([self](boost::system::error_code ec) {
       if (ec) return;  // cancelled: the relay ended first
-      self->lane_->Close(
-          absl::DeadlineExceededError("the request's deadline passed"));
+      self->Abort(absl::DeadlineExceededError("the request's deadline passed"));
     });
 
     ServeDown head;
@@ -70,17 +69,28 @@ class RelayCall final : public LaneListener,
     const auto& length = exchange_->request().content_length;
     h->set_body_length(length ? static_cast<int64_t>(*length)
                               : (exchange_->request().chunked ? -1 : 0));
+    // Without a body the head is the whole request: no end marker follows.
+    if (h->body_length() == 0) up_ = Up::kEndSent;
     lane_->Send(std::move(head));
   }
 
   // Up: platform body -> worker, one chunk in flight. Called after the
   // head and after each chunk was sent.
   void OnSent(bool ok) override {
+    const absl::Status broken =
+        absl::UnavailableError("the tunnel broke while sending");
     if (!ok) {
-      Fail(absl::UnavailableError("the tunnel broke while sending"));
+      if (SettleUp(false)) {
+        lane_->Close(broken);  // the answer was complete already
+        return;
+      }
+      Fail(broken);
       return;
     }
-    if (up_ == Up::kEndSent) return;
+    if (up_ == Up::kEndSent) {
+      if (SettleUp(true)) lane_->Repark();
+      return;
+    }
     if (up_ == Up::kLastChunkSent) {
       up_ = Up::kEndSent;
       ServeDown end;
@@ -130,44 +140,36 @@ class RelayCall final : public LaneListener,
           head.content_length =
               static_cast<std::uint64_t>(message.head().body_length());
         }
-        // Hold mu_ across Respond(): its callback (which asks for the first
-        // body message) may run on the strand before Respond() returns, and
-        // the body's reaction must find writer_ set. Respond() only posts.
+        // A small answer carries its body, and its end, in the head.
+        std::optional<tunnel::v1::BodyEnd> end;
+        if (message.head().has_end()) end = message.head().end();
+        std::string body = std::move(*message.mutable_head()->mutable_body());
+        // Hold mu_ across Respond(): its callback may run on the strand
+        // before Respond() returns, and must find writer_ set. Respond()
+        // only posts.
         absl::MutexLock lock(&mu_);
         if (response_started_) return;  // Fail() answered already
         response_started_ = true;
-        writer_ =
-            &exchange_->Respond(std::move(head), [self](const absl::Status& s) {
+        writer_ = &exchange_->Respond(
+            std::move(head),
+            [self, body = std::move(body),
+             end = std::move(end)](const absl::Status& s) mutable {
               if (!s.ok()) {
-                self->lane_->Close(absl::CancelledError(s.message()));
+                self->Abort(absl::CancelledError(s.message()));
                 return;
               }
-              self->lane_->ReadNext();
+              self->WriteBody(std::move(body), std::move(end));
             });
         return;
       }
       case ServeUp::kBody: {
-        http::BodyWriter* writer = Writer();
-        if (writer == nullptr) break;
-        writer->Write(std::move(*message.mutable_body()),
-                      [self](const absl::Status& s) {
-                        if (!s.ok()) {
-                          self->lane_->Close(absl::CancelledError(s.message()));
-                          return;
-                        }
-                        self->lane_->ReadNext();
-                      });
+        if (Writer() == nullptr) break;
+        WriteBody(std::move(*message.mutable_body()), std::nullopt);
         return;
       }
       case ServeUp::kEnd: {
-        http::BodyWriter* writer = Writer();
-        if (writer == nullptr) break;
-        if (message.end().aborted()) {
-          writer->Abort();
-          End(absl::DataLossError("the origin's body was cut short"));
-          return;
-        }
-        writer->Finish([self](const absl::Status& s) { self->End(s); });
+        if (Writer() == nullptr) break;
+        WriteBody("", message.end());
         return;
       }
       case ServeUp::kFailure: {
@@ -200,17 +202,87 @@ class RelayCall final : public LaneListener,
     return writer_;
   }
 
-  // The exchange ended (well or not): close the lane, give it back.
+  // Down: `body` (may be empty) to the platform, then the end if there is
+  // one, else the next message from the worker.
+  void WriteBody(std::string body, std::optional<tunnel::v1::BodyEnd> end) {
+    http::BodyWriter* writer = Writer();
+    auto self = shared_from_this();
+    if (!body.empty()) {
+      writer->Write(std::move(body), [self, end = std::move(end)](
+                                         const absl::Status& s) mutable {
+        if (!s.ok()) {
+          self->Abort(absl::CancelledError(s.message()));
+          return;
+        }
+        if (end) {
+          self->WriteBody("", std::move(end));
+        } else {
+          self->lane_->ReadNext();
+        }
+      });
+      return;
+    }
+    if (!end) {
+      lane_->ReadNext();
+      return;
+    }
+    if (end->aborted()) {
+      writer->Abort();
+      End(absl::DataLossError("the origin's body was cut short"));
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      worker_keeps_lane_ = end->keep_lane();
+    }
+    writer->Finish([self](const absl::Status& s) { self->End(s); });
+  }
+
+  // Closes the lane unless the exchange already ended: after End() the
+  // lane may be parked again and serving another request.
+  void Abort(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return;
+    }
+    lane_->Close(status);
+  }
+
+  // The upload side is complete (ok) or broken. True when the answer had
+  // ended already and was waiting for this to settle the lane: the caller
+  // then reparks (ok) or closes it.
+  bool SettleUp(bool ok) {
+    absl::MutexLock lock(&mu_);
+    up_done_ = ok;
+    const bool waiting = awaiting_up_;
+    awaiting_up_ = false;
+    return waiting;
+  }
+
+  // The exchange ended (well or not): give the worker's slot back, then
+  // park the lane again when both sides completed and the worker keeps
+  // it, else close it.
   void End(const absl::Status& status) {
+    bool repark = false;
+    bool wait_for_up = false;
     {
       absl::MutexLock lock(&mu_);
       if (ended_) return;
       ended_ = true;
+      if (status.ok() && worker_keeps_lane_) {
+        repark = up_done_;
+        wait_for_up = !up_done_;
+        awaiting_up_ = wait_for_up;
+      }
     }
     timer_.cancel();
-    lane_->Close(status.ok() ? absl::OkStatus()
-                             : absl::CancelledError(status.message()));
     registry_.Release(request_.token_hash, client_id_);
+    if (repark) {
+      lane_->Repark();
+    } else if (!wait_for_up) {
+      lane_->Close(status.ok() ? absl::OkStatus()
+                               : absl::CancelledError(status.message()));
+    }
   }
 
   // Something broke: answer 502/504 if nothing was sent yet, else abort.
@@ -262,6 +334,11 @@ class RelayCall final : public LaneListener,
   http::BodyWriter* writer_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool response_started_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  // Lane reuse: the worker's end said keep_lane; our end (or head without
+  // body) was sent; the answer ended before that send completed.
+  bool worker_keeps_lane_ ABSL_GUARDED_BY(mu_) = false;
+  bool up_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool awaiting_up_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace

@@ -212,16 +212,33 @@ class ServeReactor final : public grpc::ServerBidiReactor<ServeUp, ServeDown>,
 
   // The read started when the lane was parked delivers the first message;
   // call ReadNext() for each one after it.
+  // Starts the read under mu_, so that it never follows a Finish() (a
+  // reaction never runs inline from StartRead, so this cannot deadlock).
   void ReadNext() override {
-    {
-      absl::MutexLock lock(&mu_);
-      if (finish_called_ || read_closed_) return;
-    }
+    absl::MutexLock lock(&mu_);
+    if (finish_called_ || pending_finish_ || read_closed_) return;
     StartRead(&in_);
   }
 
   void Close(absl::Status status) override {
     FinishOnce(status.ok() ? grpc::Status::OK : ToGrpc(status));
+  }
+
+  void Repark() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finish_called_ || pending_finish_ || read_closed_) return;
+      listener_.reset();
+    }
+    // Not under mu_: Park may hand the lane to a waiting request at once,
+    // which attaches to it.
+    if (!registry_.Park(identity_.token_hash, shared_from_this())) {
+      FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "the worker's tunnel closed"));
+      return;
+    }
+    // The watch while parked, and the next answer's first message.
+    ReadNext();
   }
 
   const std::string& client_id() const override { return identity_.client_id; }

@@ -36,9 +36,12 @@ using nlohmann::json;
 
 constexpr absl::Duration kBackoffFirst = absl::Milliseconds(100);
 constexpr absl::Duration kBackoffMax = absl::Seconds(10);
-// The most idle lanes a busy worker keeps parked (each costs the server a
-// stream); the server accepts up to Welcome.max_lanes.
-constexpr int kMaxIdleLanes = 256;
+// The most lanes a busy worker keeps open beyond BROKER_TUNNEL_LANES (each
+// costs the server a stream); the server accepts up to Welcome.max_lanes.
+constexpr int kMaxPeakLanes = 256;
+// Answers of known length up to this size travel whole in their head
+// message (one tunnel message per small request instead of three).
+constexpr std::uint64_t kInlineBodyBytes = 64 * 1024;
 
 // Headers Snyk's client removes before calling the origin
 // (reference section 2.7), plus hop-by-hop headers.
@@ -119,6 +122,11 @@ class Worker final : public BrokerTunnel {
 
   // Called by lanes and the control call (any thread).
   void OnLaneTaken() ABSL_LOCKS_EXCLUDED(mu_);
+  // A lane finished an exchange cleanly: true when the pool wants it idle
+  // again (it then counts as idle), false when it should end.
+  bool KeepIdleLane() ABSL_LOCKS_EXCLUDED(mu_);
+  // Undoes KeepIdleLane() for a lane whose call ended before it parked.
+  void ForgetIdleLane() ABSL_LOCKS_EXCLUDED(mu_);
   void OnLaneDone(bool was_idle) ABSL_LOCKS_EXCLUDED(mu_);
   void OnControlUp() ABSL_LOCKS_EXCLUDED(mu_);
   void OnControlDown(const ControlCall* call, const grpc::Status& status)
@@ -133,6 +141,14 @@ class Worker final : public BrokerTunnel {
   void Connect() ABSL_LOCKS_EXCLUDED(mu_);
   void OpenLanes() ABSL_LOCKS_EXCLUDED(mu_);
   int ReserveLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lanes open (idle or serving): as many as the most requests this
+  // worker has had in flight at once, plus BROKER_TUNNEL_LANES idle ones.
+  // Lanes are reused, so a burst as large as the load seen so far finds
+  // them parked instead of waiting for new calls to reach the server, and
+  // a worker that stays idle stays cheap.
+  int LaneTargetLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::min(peak_requests_, kMaxPeakLanes) + config_.lanes;
+  }
   void OpenReserved(int count) ABSL_LOCKS_EXCLUDED(mu_);
   void ScheduleReconnect() ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<ServeLane>> LiveLanes() ABSL_LOCKS_EXCLUDED(mu_);
@@ -235,10 +251,16 @@ class ControlCall final
 // --- Serve lanes -------------------------------------------------------------
 
 // One Serve call: parked at the server until a request arrives, then serves
-// it (accept rules, origin call) and ends. Owned by itself (`self_`) until
-// OnDone; callbacks from the origin client hold it through shared_ptr and
-// start operations under the reactor's hold (AddHold/RemoveHold), so OnDone
-// cannot race with them.
+// it (accept rules, origin call). After a clean exchange (the whole request
+// read, the whole answer sent) the lane parks again for the next request
+// when the worker wants to keep it idle, else it ends. Owned by itself
+// (`self_`) until OnDone; callbacks from the origin client hold it through
+// shared_ptr and start operations under the reactor's hold
+// (AddHold/RemoveHold), so OnDone cannot race with them.
+//
+// Threading: reactions run on gRPC threads, origin callbacks on io threads;
+// the state below is guarded by mu_. The origin body is pumped by one chain
+// of callbacks at a time.
 class ServeLane final
     : public grpc::ClientBidiReactor<v1::ServeUp, v1::ServeDown>,
       public std::enable_shared_from_this<ServeLane> {
@@ -278,6 +300,8 @@ class ServeLane final
         {
           absl::MutexLock lock(&mu_);
           state_ = State::kActive;
+          cancelled_ = false;
+          origin_cancellation_ = std::make_shared<http::CallCancellation>();
         }
         worker_.OnLaneTaken();
         {
@@ -306,33 +330,28 @@ class ServeLane final
             state_ = State::kWatching;
           }
           std::move(handler)(absl::OkStatus(), {"", true});
-          StartRead(&in_);  // ends when the server ends the call
+          StartRead(&in_);  // the server ending the call early
         } else {
           std::move(handler)(absl::InternalError("unexpected message"), {});
         }
         return;
       }
-      case State::kAwaitingEnd:
-        if (ok && in_.has_end()) {
-          {
-            absl::MutexLock lock(&mu_);
-            state_ = State::kWatching;
-          }
-          StartRead(&in_);
-          return;
-        }
+      case State::kWatching:
+        // The request is read whole and the answer not finished: the server
+        // ended the call (or broke the protocol), so the platform went away.
         Abandon();
         return;
-      case State::kWatching: {
-        // The server ended the call (or sent more than it should): if we
-        // are still answering, the platform went away.
-        bool answering = false;
+      case State::kEnding: {
+        // The answer ended first (an origin that answered before reading
+        // the whole body): a body read still waiting learns it is over.
+        http::BodyReader::ReadHandler handler;
         {
           absl::MutexLock lock(&mu_);
-          answering = !answered_;
-          cancelled_ = answering;
+          handler = std::move(body_handler_);
         }
-        if (answering) Abandon();
+        if (handler) {
+          std::move(handler)(absl::CancelledError("the answer has ended"), {});
+        }
         return;
       }
       case State::kDone:
@@ -384,7 +403,7 @@ class ServeLane final
     void Read(ReadHandler handler) override {
       {
         absl::MutexLock lock(&lane_->mu_);
-        if (!lane_->released_) {
+        if (!lane_->released_ && lane_->state_ == State::kActive) {
           lane_->body_handler_ = std::move(handler);
           lane_->StartRead(&lane_->in_);
           return;
@@ -398,11 +417,11 @@ class ServeLane final
   };
 
  private:
-  // kParked: waiting for a request. kActive: the origin client pulls the
-  // request body. kAwaitingEnd: a request without body, its end marker not
-  // read yet. kWatching: the request is fully read; a read stays pending to
-  // notice the server ending the call early.
-  enum class State { kParked, kActive, kAwaitingEnd, kWatching, kDone };
+  // kParked: a read is pending for the next request's head. kActive: the
+  // origin client pulls the request body. kWatching: the request is read
+  // whole; a read stays pending to notice the server ending the call early.
+  // kEnding: the answer ended and the lane will not be kept.
+  enum class State { kParked, kActive, kWatching, kEnding, kDone };
 
   explicit ServeLane(Worker& worker) : worker_(worker) {}
 
@@ -430,10 +449,53 @@ class ServeLane final
     if (then) std::move(then)(false);
   }
 
-  // The answer is complete (or failed): half-close and let OnDone come.
+  // Writes the answer's last message: a head carrying its end, or an end.
+  // When the
+  // request was read whole and the worker wants another idle lane, the lane
+  // parks again at once (the read pending since the request's end then
+  // delivers the next head: the server sends one only after this end).
+  // Otherwise the call ends once the message is out.
+  void WriteLast(v1::ServeUp message) {
+    v1::BodyEnd& end = message.has_head()
+                           ? *message.mutable_head()->mutable_end()
+                           : *message.mutable_end();
+    bool keep = false;
+    {
+      absl::MutexLock lock(&mu_);
+      keep = state_ == State::kWatching && !cancelled_ && !end.aborted();
+    }
+    // Reserves an idle slot in the worker's pool; given back below if the
+    // call ended meanwhile.
+    if (keep) keep = worker_.KeepIdleLane();
+    bool give_back = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (keep && (state_ != State::kWatching || cancelled_)) {
+        keep = false;
+        give_back = true;
+      }
+      if (keep) {
+        state_ = State::kParked;
+      } else if (state_ != State::kDone) {
+        state_ = State::kEnding;
+      }
+    }
+    if (give_back) worker_.ForgetIdleLane();
+    end.set_keep_lane(keep);
+    auto self = shared_from_this();
+    Write(std::move(message), [self, keep](bool ok) {
+      if (!ok) {
+        self->Abandon();
+      } else if (!keep) {
+        self->Finish();
+      }
+    });
+  }
+
+  // The answer is complete (or failed) and the lane is not kept:
+  // half-close and let OnDone come.
   void Finish() {
     absl::MutexLock lock(&mu_);
-    answered_ = true;
     if (released_) return;
     released_ = true;
     StartWritesDone();
@@ -451,11 +513,13 @@ class ServeLane final
   // The platform (or the tunnel) went away: stop pumping, drop the origin
   // call (its connection closes, whether it answered yet or not), and end.
   void Abandon() {
+    std::shared_ptr<http::CallCancellation> cancellation;
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
+      cancellation = origin_cancellation_;
     }
-    origin_cancellation_->Cancel();
+    if (cancellation) cancellation->Cancel();
     context_.TryCancel();
     Release();
   }
@@ -465,6 +529,10 @@ class ServeLane final
     failure.mutable_failure()->set_status(status);
     failure.mutable_failure()->set_code(std::string(code));
     failure.mutable_failure()->set_body(std::move(body));
+    {
+      absl::MutexLock lock(&mu_);
+      if (state_ != State::kDone) state_ = State::kEnding;
+    }
     auto self = shared_from_this();
     Write(std::move(failure), [self](bool) { self->Finish(); });
   }
@@ -531,11 +599,12 @@ class ServeLane final
         request.body_length = static_cast<std::uint64_t>(head.body_length());
       }
     } else {
+      // No body and no end marker follow: the request is read whole.
       {
         absl::MutexLock lock(&mu_);
-        state_ = State::kAwaitingEnd;
+        state_ = State::kWatching;
       }
-      StartRead(&in_);  // the end marker, then the watch
+      StartRead(&in_);  // the server ending the call early
     }
     absl::Time deadline = absl::Now() + worker_.config().request_timeout;
     if (head.deadline_unix_micros() > 0) {
@@ -543,7 +612,10 @@ class ServeLane final
           std::min(deadline, absl::FromUnixMicros(head.deadline_unix_micros()));
     }
     request.deadline = deadline;
-    request.cancellation = origin_cancellation_;
+    {
+      absl::MutexLock lock(&mu_);
+      request.cancellation = origin_cancellation_;
+    }
 
     auto self = shared_from_this();
     worker_.client().Send(
@@ -570,13 +642,40 @@ class ServeLane final
       out->set_name(header.name);
       out->set_value(header.value);
     }
-    h->set_body_length(
-        response->head.content_length
-            ? static_cast<int64_t>(*response->head.content_length)
-            : -1);
+    const std::optional<std::uint64_t> length = response->head.content_length;
+    h->set_body_length(length ? static_cast<int64_t>(*length) : -1);
     origin_body_ = std::move(response->body);
+    if (length && *length <= kInlineBodyBytes) {
+      // A small answer of known length: wait for its first bytes (usually
+      // all of it) to send head, body and end as one message.
+      auto self = shared_from_this();
+      origin_body_->Read(
+          [self, head = std::move(head)](const absl::Status& status,
+                                         http::BodyChunk chunk) mutable {
+            if (!status.ok()) {
+              self->Write(std::move(head), nullptr);
+              v1::ServeUp end;
+              end.mutable_end()->set_aborted(true);
+              self->WriteLast(std::move(end));
+              return;
+            }
+            head.mutable_head()->set_body(std::move(chunk.data));
+            if (chunk.last) {
+              head.mutable_head()->mutable_end();
+              self->WriteLast(std::move(head));
+              return;
+            }
+            self->WriteThenPump(std::move(head));
+          });
+      return;
+    }
+    WriteThenPump(std::move(head));
+  }
+
+  // Writes `message` (head or body), then pumps the next chunk.
+  void WriteThenPump(v1::ServeUp message) {
     auto self = shared_from_this();
-    Write(std::move(head), [self](bool ok) {
+    Write(std::move(message), [self](bool ok) {
       if (!ok) {
         self->Abandon();
         return;
@@ -598,25 +697,20 @@ class ServeLane final
           v1::ServeUp message;
           if (!status.ok()) {
             message.mutable_end()->set_aborted(true);
-            self->Write(std::move(message), [self](bool) { self->Finish(); });
+            self->WriteLast(std::move(message));
             return;
           }
           if (!chunk.data.empty()) {
             const bool last = chunk.last;
             message.set_body(std::move(chunk.data));
-            self->Write(std::move(message), [self, last](bool ok) {
-              if (!ok) {
-                self->Abandon();
-                return;
-              }
-              if (last) {
-                v1::ServeUp end;
-                end.mutable_end();
-                self->Write(std::move(end), [self](bool) { self->Finish(); });
-                return;
-              }
-              self->PumpBody();
-            });
+            if (!last) {
+              self->WriteThenPump(std::move(message));
+              return;
+            }
+            self->Write(std::move(message), nullptr);
+            v1::ServeUp end;
+            end.mutable_end();
+            self->WriteLast(std::move(end));
             return;
           }
           if (!chunk.last) {
@@ -624,7 +718,7 @@ class ServeLane final
             return;
           }
           message.mutable_end();
-          self->Write(std::move(message), [self](bool) { self->Finish(); });
+          self->WriteLast(std::move(message));
         });
   }
 
@@ -633,8 +727,6 @@ class ServeLane final
   grpc::ClientContext context_;
   v1::ServeDown in_;
   std::unique_ptr<http::BodyReader> origin_body_;  // pump only
-  const std::shared_ptr<http::CallCancellation> origin_cancellation_ =
-      std::make_shared<http::CallCancellation>();
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kParked;
@@ -644,7 +736,9 @@ class ServeLane final
   std::deque<std::pair<v1::ServeUp, absl::AnyInvocable<void(bool) &&>>> queue_
       ABSL_GUARDED_BY(mu_);
   http::BodyReader::ReadHandler body_handler_ ABSL_GUARDED_BY(mu_);
-  bool answered_ ABSL_GUARDED_BY(mu_) = false;
+  // The current request's: a new one for each request on the lane.
+  std::shared_ptr<http::CallCancellation> origin_cancellation_
+      ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -738,13 +832,10 @@ void Worker::OnControlUp() {
 
 int Worker::ReserveLanesLocked() {
   if (!connected_ || stopping_) return 0;
-  // At least the configured pool, and as many idle lanes as the most
-  // requests this worker has had in flight at once: a burst as large as
-  // the load seen so far finds lanes parked instead of waiting for new
-  // calls to reach the server, while a worker that stays idle stays cheap.
-  const int target = std::clamp(peak_requests_, config_.lanes,
-                                std::max(config_.lanes, kMaxIdleLanes));
-  const int to_open = target - idle_lanes_;
+  // At least BROKER_TUNNEL_LANES idle, and the whole target open.
+  const int to_open =
+      std::max(config_.lanes - idle_lanes_,
+               LaneTargetLocked() - (idle_lanes_ + active_requests_));
   if (to_open <= 0) return 0;
   idle_lanes_ += to_open;
   lanes_alive_ += to_open;
@@ -795,6 +886,23 @@ void Worker::OnLaneTaken() {
     peak_requests_ = std::max(peak_requests_, active_requests_);
   }
   OpenLanes();
+}
+
+bool Worker::KeepIdleLane() {
+  absl::MutexLock lock(&mu_);
+  if (!connected_ || stopping_ ||
+      idle_lanes_ + active_requests_ > LaneTargetLocked()) {
+    return false;
+  }
+  ++idle_lanes_;
+  --active_requests_;
+  return true;
+}
+
+void Worker::ForgetIdleLane() {
+  absl::MutexLock lock(&mu_);
+  --idle_lanes_;
+  ++active_requests_;
 }
 
 void Worker::OnLaneDone(bool was_idle) {

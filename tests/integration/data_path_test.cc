@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace broker::testing {
 namespace {
@@ -180,6 +181,62 @@ TEST_F(DataPathTest, LargeDownloadStreams) {
   ASSERT_EQ(r->status, 200);
   EXPECT_TRUE(r->body_status.ok()) << r->body_status;
   EXPECT_EQ(r->body.size(), kSize);
+}
+
+// Lanes are reused after a clean exchange and dropped after any other: a
+// long mixed sequence from several platform connections at once, where
+// every kind of ending (small answer in one message, streamed answer,
+// upload, origin status, block, origin cut mid-body) is followed by more
+// requests on whatever lanes are left, and every answer must be exact.
+TEST_F(DataPathTest, MixedRequestsOnReusedLanesAllAnswerExactly) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 15;
+  std::vector<std::string> failures(kThreads);
+  std::vector<std::thread> threads;
+  threads.reserve(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Fetcher fetcher;
+      std::string& failure = failures[t];
+      auto expect = [&](bool ok, absl::string_view what) {
+        if (!ok && failure.empty()) failure = std::string(what);
+      };
+      for (int i = 0; i < kRounds && failure.empty(); ++i) {
+        auto small = fetcher.Fetch("GET", BrokerUrl("/bytes/100"));
+        expect(small.ok() && small->status == 200 &&
+                   small->body.size() == 100 && small->body_status.ok(),
+               "small GET");
+        auto big = fetcher.Fetch("GET", BrokerUrl("/bytes/300000"));
+        expect(big.ok() && big->status == 200 && big->body.size() == 300000 &&
+                   big->body_status.ok(),
+               "streamed GET");
+        const std::string body = RandomBytes(70000 + i, i);
+        auto echo = fetcher.Fetch("POST", BrokerUrl("/echo-body"),
+                                  {{"content-type", "application/x-test"}},
+                                  body, /*chunked=*/i % 2 == 1);
+        expect(echo.ok() && echo->status == 200 && echo->body == body,
+               "upload");
+        auto status = fetcher.Fetch("GET", BrokerUrl("/status/404"));
+        expect(status.ok() && status->status == 404, "origin 404");
+        auto blocked = fetcher.Fetch("GET", BrokerUrl("/client-blocked"));
+        expect(blocked.ok() && blocked->status == 401, "blocked");
+        if (i % 5 == 0) {
+          auto cut = fetcher.Fetch("GET", BrokerUrl("/die-mid-body/200000"));
+          expect(cut.ok() && cut->status == 200 && !cut->body_status.ok(),
+                 "cut body");
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(failures[t], "")
+        << "connection " << t << " failed: " << failures[t];
+  }
+  // And the worker is still fine afterwards.
+  auto r = Get("/bytes/10");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
 }
 
 TEST_F(DataPathTest, StatusCodesAreRelayed) {
