@@ -23,7 +23,17 @@ wait_for() {
   return 1
 }
 
-"$build/tests/testing/test-origin" 0 >"$work/origin.out" &
+# A small repository for `git clone` through the tunnel, served by the real
+# `git http-backend` behind the test origin.
+export GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0 HOME="$work"
+git init -q -b main "$work/repos/demo.git.src"
+(cd "$work/repos/demo.git.src" &&
+  printf '# demo\nCloned through broker-server -> tunnel -> broker-tunnel.\n' >README.md &&
+  git add README.md &&
+  git -c user.name=demo -c user.email=demo@example.com commit -q -m "First commit")
+git clone -q --bare "$work/repos/demo.git.src" "$work/repos/demo.git"
+
+"$build/tests/testing/test-origin" --git-root="$work/repos" 0 >"$work/origin.out" &
 pids+=($!)
 wait_for "$work/origin.out" '^[0-9]'
 origin=$(head -n 1 "$work/origin.out")
@@ -35,7 +45,12 @@ cat >"$work/client-accept.json" <<JSON
 {"private": [
   {"method": "GET", "path": "/echo", "origin": "http://127.0.0.1:$origin"},
   {"method": "POST", "path": "/echo", "origin": "http://127.0.0.1:$origin"},
-  {"method": "GET", "path": "/bytes/:n", "origin": "http://127.0.0.1:$origin"}
+  {"method": "GET", "path": "/bytes/:n", "origin": "http://127.0.0.1:$origin"},
+  {"method": "GET", "path": "/git/:repo.git/info/refs",
+   "valid": [{"queryParam": "service", "values": ["git-upload-pack"]}],
+   "origin": "http://127.0.0.1:$origin"},
+  {"method": "POST", "path": "/git/:repo.git/git-upload-pack",
+   "origin": "http://127.0.0.1:$origin"}
 ]}
 JSON
 
@@ -68,3 +83,14 @@ show "A token with no tunnel:" "/broker/00000000-0000-4000-8000-000000000000/ech
 printf '\n100 MiB streamed through the tunnel:\n  '
 curl -s -o /dev/null -w '%{http_code}, %{size_download} bytes in %{time_total} s\n' \
   "http://127.0.0.1:$http_port/broker/$token/bytes/104857600"
+
+printf '\n`git clone` through the tunnel (fetch only: a push is not in the rules):\n'
+printf '  $ git clone http://127.0.0.1:%s/broker/<token>/git/demo.git\n' "$http_port"
+git clone -q "http://127.0.0.1:$http_port/broker/$token/git/demo.git" "$work/clone"
+printf '  HEAD: %s\n' "$(git -C "$work/clone" log --oneline -1)"
+sed 's/^/  | /' "$work/clone/README.md"
+if git -C "$work/clone" push -q origin HEAD:refs/heads/other 2>/dev/null; then
+  echo "  a push went through: the rules are wrong" >&2
+  exit 1
+fi
+echo "  git push: refused, as the rules say"
