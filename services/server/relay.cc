@@ -1,6 +1,7 @@
 #include "services/server/relay.h"
 
 #include "common/logging.h"
+#include "common/status.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -9,6 +10,8 @@
 #include "boost/asio/steady_timer.hpp"
 
 #include <optional>
+#include <string>
+#include <utility>
 
 namespace broker::server {
 namespace {
@@ -158,18 +161,22 @@ class RelayCall final : public LaneListener,
                 self->Abort(absl::CancelledError(s.message()));
                 return;
               }
-              self->WriteBody(std::move(body), std::move(end));
+              if (body.empty() && !end) {
+                self->lane_->ReadNext();
+                return;
+              }
+              self->Down(std::move(body), std::move(end));
             });
         return;
       }
       case ServeUp::kBody: {
         if (Writer() == nullptr) break;
-        WriteBody(std::move(*message.mutable_body()), std::nullopt);
+        Down(std::move(*message.mutable_body()), std::nullopt);
         return;
       }
       case ServeUp::kEnd: {
         if (Writer() == nullptr) break;
-        WriteBody("", message.end());
+        Down("", message.end());
         return;
       }
       case ServeUp::kFailure: {
@@ -202,12 +209,30 @@ class RelayCall final : public LaneListener,
     return writer_;
   }
 
-  // Down: `body` (may be empty) to the platform, then the end if there is
-  // one, else the next message from the worker.
-  void WriteBody(std::string body, std::optional<tunnel::v1::BodyEnd> end) {
+  // Down: a body chunk and/or the end, from the worker to the platform.
+  // While one chunk is written to the platform's socket, the next message
+  // is already read from the tunnel and held: socket and stream work at
+  // once, and at most one message waits here (the stream's window holds
+  // the rest).
+  void Down(std::string body, std::optional<tunnel::v1::BodyEnd> end) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (down_busy_) {
+        BROKER_CHECK(!held_.has_value());  // one read ahead at most
+        held_.emplace(std::move(body), std::move(end));
+        return;
+      }
+      down_busy_ = true;
+    }
+    StartDown(std::move(body), std::move(end));
+  }
+
+  // With down_busy_ set: writes `body`, then the end if any.
+  void StartDown(std::string body, std::optional<tunnel::v1::BodyEnd> end) {
     http::BodyWriter* writer = Writer();
     auto self = shared_from_this();
     if (!body.empty()) {
+      if (!end) lane_->ReadNext();  // the read ahead
       writer->Write(std::move(body), [self, end = std::move(end)](
                                          const absl::Status& s) mutable {
         if (!s.ok()) {
@@ -215,15 +240,15 @@ class RelayCall final : public LaneListener,
           return;
         }
         if (end) {
-          self->WriteBody("", std::move(end));
+          self->StartDown("", std::move(end));
         } else {
-          self->lane_->ReadNext();
+          self->DownDone();
         }
       });
       return;
     }
     if (!end) {
-      lane_->ReadNext();
+      DownDone();
       return;
     }
     if (end->aborted()) {
@@ -236,6 +261,23 @@ class RelayCall final : public LaneListener,
       worker_keeps_lane_ = end->keep_lane();
     }
     writer->Finish([self](const absl::Status& s) { self->End(s); });
+  }
+
+  // A chunk is on the platform's socket: write the held message, if one
+  // arrived meanwhile.
+  void DownDone() {
+    std::optional<std::pair<std::string, std::optional<tunnel::v1::BodyEnd>>>
+        next;
+    {
+      absl::MutexLock lock(&mu_);
+      if (held_) {
+        next = std::move(held_);
+        held_.reset();
+      } else {
+        down_busy_ = false;
+      }
+    }
+    if (next) StartDown(std::move(next->first), std::move(next->second));
   }
 
   // Closes the lane unless the exchange already ended: after End() the
@@ -337,6 +379,11 @@ class RelayCall final : public LaneListener,
   // Lane reuse: the worker's end said keep_lane; our end (or head without
   // body) was sent; the answer ended before that send completed.
   bool worker_keeps_lane_ ABSL_GUARDED_BY(mu_) = false;
+  // The answer's body: a platform write in progress, and the message read
+  // ahead of it.
+  bool down_busy_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<std::pair<std::string, std::optional<tunnel::v1::BodyEnd>>>
+      held_ ABSL_GUARDED_BY(mu_);
   bool up_done_ ABSL_GUARDED_BY(mu_) = false;
   bool awaiting_up_ ABSL_GUARDED_BY(mu_) = false;
 };

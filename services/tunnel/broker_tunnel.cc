@@ -42,6 +42,8 @@ constexpr int kMaxPeakLanes = 256;
 // Answers of known length up to this size travel whole in their head
 // message (one tunnel message per small request instead of three).
 constexpr std::uint64_t kInlineBodyBytes = 64 * 1024;
+// Origin body chunks read ahead of the tunnel's writes, per request.
+constexpr int kChunksAhead = 2;
 
 // Headers Snyk's client removes before calling the origin
 // (reference section 2.7), plus hop-by-hop headers.
@@ -684,7 +686,40 @@ class ServeLane final
     });
   }
 
-  // Origin body -> lane, one chunk in flight.
+  // A body chunk to the lane, reading the next one from the origin while
+  // it is written: at most kChunksAhead chunks wait for gRPC, so the origin
+  // socket and the tunnel stream work at once instead of taking turns,
+  // with memory still bounded per request.
+  void WriteAheadThenPump(v1::ServeUp message) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++pump_writes_;
+    }
+    auto self = shared_from_this();
+    Write(std::move(message), [self](bool ok) {
+      if (!ok) {
+        self->Abandon();
+        return;
+      }
+      bool resume = false;
+      {
+        absl::MutexLock lock(&self->mu_);
+        --self->pump_writes_;
+        resume = self->pump_paused_;
+        self->pump_paused_ = false;
+      }
+      if (resume) self->PumpBody();
+    });
+    bool again = false;
+    {
+      absl::MutexLock lock(&mu_);
+      again = pump_writes_ < kChunksAhead;
+      pump_paused_ = !again;
+    }
+    if (again) PumpBody();
+  }
+
+  // Origin body -> lane: one origin read at a time, writes ahead of it.
   void PumpBody() {
     {
       absl::MutexLock lock(&mu_);
@@ -704,7 +739,7 @@ class ServeLane final
             const bool last = chunk.last;
             message.set_body(std::move(chunk.data));
             if (!last) {
-              self->WriteThenPump(std::move(message));
+              self->WriteAheadThenPump(std::move(message));
               return;
             }
             self->Write(std::move(message), nullptr);
@@ -741,6 +776,10 @@ class ServeLane final
       ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool released_ ABSL_GUARDED_BY(mu_) = false;
+  // Origin body chunks queued or being written to the lane, and whether the
+  // pump waits for one of them to finish.
+  int pump_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool pump_paused_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // --- Worker ------------------------------------------------------------------
