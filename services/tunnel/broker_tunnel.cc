@@ -41,7 +41,7 @@ constexpr absl::Duration kBackoffMax = absl::Seconds(10);
 constexpr int kMaxPeakLanes = 256;
 // Answers of known length up to this size travel whole in their head
 // message (one tunnel message per small request instead of three).
-constexpr std::uint64_t kInlineBodyBytes = 64 * 1024;
+constexpr std::uint64_t kInlineBodyBytes = std::uint64_t{64} * 1024;
 // Origin body chunks read ahead of the tunnel's writes, per request.
 constexpr int kChunksAhead = 2;
 
