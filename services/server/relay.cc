@@ -9,6 +9,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
 
+#include <deque>
 #include <optional>
 #include <string>
 #include <utility>
@@ -73,12 +74,14 @@ class RelayCall final : public LaneListener,
     h->set_body_length(length ? static_cast<int64_t>(*length)
                               : (exchange_->request().chunked ? -1 : 0));
     // Without a body the head is the whole request: no end marker follows.
-    if (h->body_length() == 0) up_ = Up::kEndSent;
-    lane_->Send(std::move(head));
+    const bool has_body = h->body_length() != 0;
+    SendUp(std::move(head), /*is_end=*/!has_body, /*read_next=*/has_body);
   }
 
-  // Up: platform body -> worker, one chunk in flight. Called after the
-  // head and after each chunk was sent.
+  // Up: platform body -> worker. While one message is written to the
+  // tunnel, the next chunk is already read from the platform and held (at
+  // most a chunk and the end wait here), so the socket and the stream
+  // work at once.
   void OnSent(bool ok) override {
     const absl::Status broken =
         absl::UnavailableError("the tunnel broke while sending");
@@ -90,18 +93,43 @@ class RelayCall final : public LaneListener,
       Fail(broken);
       return;
     }
-    if (up_ == Up::kEndSent) {
+    std::optional<UpMessage> next;
+    bool end_sent = false;
+    {
+      absl::MutexLock lock(&mu_);
+      end_sent = up_in_flight_is_end_;
+      if (!up_held_.empty()) {
+        next = std::move(up_held_.front());
+        up_held_.pop_front();
+        up_in_flight_is_end_ = next->is_end;
+      } else {
+        up_sending_ = false;
+      }
+    }
+    if (end_sent) {
       if (SettleUp(true)) lane_->Repark();
       return;
     }
-    if (up_ == Up::kLastChunkSent) {
-      up_ = Up::kEndSent;
-      ServeDown end;
-      end.mutable_end();
-      lane_->Send(std::move(end));
-      return;
+    if (next) {
+      lane_->Send(std::move(next->message));
+      if (next->read_next) ReadUp();
     }
-    ReadUp();
+  }
+
+  // Sends `message` now, or holds it while another is in flight.
+  // `read_next`: read the platform's next chunk once it is on its way.
+  void SendUp(ServeDown message, bool is_end, bool read_next) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (up_sending_) {
+        up_held_.push_back({std::move(message), is_end, read_next});
+        return;
+      }
+      up_sending_ = true;
+      up_in_flight_is_end_ = is_end;
+    }
+    lane_->Send(std::move(message));
+    if (read_next) ReadUp();
   }
 
   void ReadUp() {
@@ -118,15 +146,17 @@ class RelayCall final : public LaneListener,
             self->ReadUp();
             return;
           }
-          ServeDown message;
-          if (chunk.data.empty()) {
-            self->up_ = Up::kEndSent;
-            message.mutable_end();
-          } else {
-            if (chunk.last) self->up_ = Up::kLastChunkSent;
-            message.set_body(std::move(chunk.data));
+          if (!chunk.data.empty()) {
+            ServeDown body;
+            body.set_body(std::move(chunk.data));
+            self->SendUp(std::move(body), /*is_end=*/false,
+                         /*read_next=*/!chunk.last);
           }
-          self->lane_->Send(std::move(message));
+          if (chunk.last) {
+            ServeDown end;
+            end.mutable_end();
+            self->SendUp(std::move(end), /*is_end=*/true, /*read_next=*/false);
+          }
         });
   }
 
@@ -367,10 +397,13 @@ class RelayCall final : public LaneListener,
   const std::shared_ptr<http::Exchange> exchange_;
   const RelayRequest request_;
   boost::asio::steady_timer timer_;
-  // The upload's progress. Touched by OnSent and the body read it starts,
-  // which the protocol orders (one chunk in flight).
-  enum class Up { kSending, kLastChunkSent, kEndSent };
-  Up up_ = Up::kSending;
+  // The upload: a message in flight to the worker (and whether it is the
+  // request's last), and those held behind it.
+  struct UpMessage {
+    ServeDown message;
+    bool is_end;
+    bool read_next;
+  };
 
   absl::Mutex mu_;
   http::BodyWriter* writer_ ABSL_GUARDED_BY(mu_) = nullptr;
@@ -386,6 +419,9 @@ class RelayCall final : public LaneListener,
       held_ ABSL_GUARDED_BY(mu_);
   bool up_done_ ABSL_GUARDED_BY(mu_) = false;
   bool awaiting_up_ ABSL_GUARDED_BY(mu_) = false;
+  bool up_sending_ ABSL_GUARDED_BY(mu_) = false;
+  bool up_in_flight_is_end_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<UpMessage> up_held_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
