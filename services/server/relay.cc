@@ -83,9 +83,9 @@ class RelayCall final : public LaneListener,
   // most a chunk and the end wait here), so the socket and the stream
   // work at once.
   void OnSent(bool ok) override {
-    const absl::Status broken =
-        absl::UnavailableError("the tunnel broke while sending");
     if (!ok) {
+      const absl::Status broken =
+          absl::UnavailableError("the tunnel broke while sending");
       if (SettleUp(false)) {
         lane_->Close(broken);  // the answer was complete already
         return;
