@@ -23,6 +23,7 @@
 #include "common/status.h"
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -340,6 +341,12 @@ class Session : public std::enable_shared_from_this<Session> {
                BodyWriter::DoneHandler done);
   void DoFinish(std::uint64_t id, BodyWriter::DoneHandler done);
   void DoAbort(std::uint64_t id);
+  void DoRespondWhole(std::uint64_t id, const ResponseHead& head,
+                      std::string body, BodyWriter::DoneHandler done);
+  // Queues a planned answer with its whole body; `done` (if any) runs when
+  // it is written, then the exchange completes.
+  void QueueWholeResponse(std::uint64_t id, ResponsePlan plan, std::string body,
+                          absl::AnyInvocable<void(beast::error_code) &&> done);
   void DoRespondSimple(std::uint64_t id, int status, const Headers& headers,
                        std::string body);
   void DoOnCancel(std::uint64_t id, absl::AnyInvocable<void() &&> callback);
@@ -367,6 +374,7 @@ class Session : public std::enable_shared_from_this<Session> {
   enum class Response { kNotStarted, kStreaming, kFinishing, kDone };
   enum class TimerPurpose { kIdle, kHeader, kLinger };
 
+  static constexpr std::size_t kMaxOpsPerWrite = 8;
   struct WriteOp {
     std::string head;        // status line and headers, or a chunk-size line
     std::string data;        // body bytes
@@ -461,6 +469,10 @@ class Session : public std::enable_shared_from_this<Session> {
   State state_ = State::kHandshake;
   ReadKind read_ = ReadKind::kNone;
   bool write_in_flight_ = false;
+  // The first ops_in_flight_ ops of writes_ are the write in flight, whose
+  // buffers are write_buffers_.
+  std::size_t ops_in_flight_ = 0;
+  std::vector<net::const_buffer> write_buffers_;
   std::deque<WriteOp> writes_;
   bool registered_ = false;
   bool socket_closed_ = false;
@@ -507,6 +519,14 @@ class ExchangeImpl final : public Exchange {
       s.DoRespond(id, head, std::move(done));
     });
     return writer_;
+  }
+
+  void RespondWhole(ResponseHead head, std::string body,
+                    BodyWriter::DoneHandler done) override {
+    Post([head = std::move(head), body = std::move(body),
+          done = std::move(done)](Session& s, std::uint64_t id) mutable {
+      s.DoRespondWhole(id, head, std::move(body), std::move(done));
+    });
   }
 
   void RespondSimple(int status, Headers headers, std::string body) override {
@@ -1215,6 +1235,35 @@ void Session::DoAbort(std::uint64_t id) {
             /*notify_cancel=*/false);
 }
 
+void Session::DoRespondWhole(std::uint64_t id, const ResponseHead& head,
+                             std::string body, BodyWriter::DoneHandler done) {
+  if (absl::Status status = ExchangeStatus(id); !status.ok()) {
+    std::move(done)(std::move(status));
+    return;
+  }
+  if (ex_.response != Response::kNotStarted) {
+    std::move(done)(
+        absl::FailedPreconditionError("a response was already started"));
+    return;
+  }
+  const ResponseContext context = ContextForResponse();
+  // A HEAD answer declares the length of the GET's body, and has none.
+  const std::uint64_t length = head.content_length.value_or(body.size());
+  if (!context.head_request && length != body.size()) {
+    std::move(done)(absl::InvalidArgumentError(absl::StrCat(
+        "a Content-Length of ", length, " with ", body.size(), " body bytes")));
+    return;
+  }
+  absl::StatusOr<ResponsePlan> plan =
+      PlanResponse(head.status, head.headers, length, context);
+  if (!plan.ok()) {
+    std::move(done)(plan.status());
+    return;
+  }
+  QueueWholeResponse(id, *std::move(plan), std::move(body),
+                     UserDone(std::move(done)));
+}
+
 void Session::DoRespondSimple(std::uint64_t id, int status,
                               const Headers& headers, std::string body) {
   if (!ExchangeStatus(id).ok() || ex_.response != Response::kNotStarted) {
@@ -1227,12 +1276,20 @@ void Session::DoRespondSimple(std::uint64_t id, int status,
     SendErrorAndClose(500, "the handler produced an invalid response");
     return;
   }
+  QueueWholeResponse(id, *std::move(plan), std::move(body), nullptr);
+}
+
+void Session::QueueWholeResponse(
+    std::uint64_t id, ResponsePlan plan, std::string body,
+    absl::AnyInvocable<void(beast::error_code) &&> done) {
   ex_.response = Response::kFinishing;
-  ex_.keep_alive_after = plan->keep_alive;
+  ex_.keep_alive_after = plan.keep_alive;
   WriteOp op;
-  op.head = std::move(plan->head);
-  if (plan->mode == BodyMode::kLength) op.data = std::move(body);
-  op.done = [self = shared_from_this(), id](beast::error_code ec) {
+  op.head = std::move(plan.head);
+  if (plan.mode == BodyMode::kLength) op.data = std::move(body);
+  op.done = [self = shared_from_this(), id,
+             done = std::move(done)](beast::error_code ec) mutable {
+    if (done) std::move(done)(ec);
     if (!ec && id == self->ex_.id && self->ex_.open) {
       self->OnResponseComplete();
     }
@@ -1321,13 +1378,26 @@ void Session::WriteNext() {
       std::move(done.done)(beast::error_code{});
       continue;
     }
+    // Everything queued leaves in one write (a head and the small body
+    // queued behind it share a segment and a syscall); the ops complete
+    // together, in order.
     write_in_flight_ = true;
+    ops_in_flight_ = 0;
+    write_buffers_.clear();
+    for (const WriteOp& queued : writes_) {
+      if (ops_in_flight_ == kMaxOpsPerWrite) break;
+      for (absl::string_view piece :
+           {absl::string_view(queued.head), absl::string_view(queued.data),
+            queued.tail}) {
+        if (!piece.empty()) {
+          write_buffers_.emplace_back(piece.data(), piece.size());
+        }
+      }
+      ++ops_in_flight_;
+    }
     stream_.lowest().expires_after(ToChrono(limits().io_timeout));
-    const std::array<net::const_buffer, 3> buffers = {
-        net::buffer(op.head), net::buffer(op.data),
-        net::buffer(op.tail.data(), op.tail.size())};
     net::async_write(
-        stream_, buffers,
+        stream_, write_buffers_,
         [self = shared_from_this()](const beast::error_code& ec, std::size_t) {
           self->OnWrite(ec);
         });
@@ -1336,12 +1406,16 @@ void Session::WriteNext() {
 
 void Session::OnWrite(const beast::error_code& ec) {
   write_in_flight_ = false;
-  WriteOp op = std::move(writes_.front());
-  writes_.pop_front();
+  absl::InlinedVector<WriteOp, kMaxOpsPerWrite> written;
+  for (std::size_t i = 0; i < ops_in_flight_; ++i) {
+    written.push_back(std::move(writes_.front()));
+    writes_.pop_front();
+  }
+  ops_in_flight_ = 0;
   if (ec && !socket_closed_) {
     Terminate(IoError("writing the response", ec), /*notify_cancel=*/true);
   }
-  std::move(op.done)(ec);
+  for (WriteOp& op : written) std::move(op.done)(ec);
   WriteNext();
 }
 
@@ -1352,11 +1426,10 @@ void Session::OnWrite(const beast::error_code& ec) {
 // if the io_context is stopped before the completions run.
 void Session::FailQueuedWrites() {
   std::vector<absl::AnyInvocable<void(beast::error_code) &&>> failed;
-  std::size_t first = 0;
-  if (write_in_flight_) {
-    failed.push_back(std::move(writes_.front().done));
-    writes_.front().done = [](beast::error_code) {};
-    first = 1;
+  const std::size_t first = write_in_flight_ ? ops_in_flight_ : 0;
+  for (std::size_t i = 0; i < first; ++i) {
+    failed.push_back(std::move(writes_[i].done));
+    writes_[i].done = [](beast::error_code) {};
   }
   for (std::size_t i = first; i < writes_.size(); ++i) {
     failed.push_back(std::move(writes_[i].done));
@@ -1370,7 +1443,7 @@ void Session::FailQueuedWrites() {
 // answer is finishing and nothing queued behind it has bytes.
 bool Session::LastBytesInFlight() const {
   if (!write_in_flight_ || ex_.response != Response::kFinishing) return false;
-  for (std::size_t i = 1; i < writes_.size(); ++i) {
+  for (std::size_t i = ops_in_flight_; i < writes_.size(); ++i) {
     const WriteOp& op = writes_[i];
     if (!op.head.empty() || !op.data.empty() || !op.tail.empty()) return false;
   }

@@ -78,6 +78,13 @@ class Exchange {
   // client). Empty writes are no-ops; HEAD answers drop written data.
   virtual BodyWriter& Respond(ResponseHead head,
                               BodyWriter::DoneHandler done) = 0;
+  // A complete answer whose body is all here: head and body leave in one
+  // write, and `done` runs when the last byte is written (or failed). The
+  // head is checked as by Respond(); a Content-Length in it must equal
+  // body.size() (InvalidArgument otherwise, nothing sent). HEAD answers
+  // drop the body.
+  virtual void RespondWhole(ResponseHead head, std::string body,
+                            BodyWriter::DoneHandler done) = 0;
   // A complete answer with a small body (errors, JSON status pages).
   // Ignored if an answer was already started (by the handler, or by the
   // server after a body error); an invalid one is replaced by a 500.

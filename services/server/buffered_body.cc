@@ -109,6 +109,10 @@ class BufferedExchange final : public http::Exchange {
                             http::BodyWriter::DoneHandler done) override {
     return inner_->Respond(std::move(head), std::move(done));
   }
+  void RespondWhole(http::ResponseHead head, std::string body,
+                    http::BodyWriter::DoneHandler done) override {
+    inner_->RespondWhole(std::move(head), std::move(body), std::move(done));
+  }
   void RespondSimple(int status, http::Headers headers,
                      std::string body) override {
     inner_->RespondSimple(status, std::move(headers), std::move(body));

@@ -183,6 +183,14 @@ class RelayCall final : public LaneListener,
         absl::MutexLock lock(&mu_);
         if (response_started_) return;  // Fail() answered already
         response_started_ = true;
+        if (end && !end->aborted()) {
+          // The whole answer is here: one write for head and body.
+          worker_keeps_lane_ = end->keep_lane();
+          exchange_->RespondWhole(
+              std::move(head), std::move(body),
+              [self](const absl::Status& s) { self->End(s); });
+          return;
+        }
         writer_ = &exchange_->Respond(
             std::move(head),
             [self, body = std::move(body),

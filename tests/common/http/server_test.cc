@@ -1036,6 +1036,64 @@ TEST_F(ServerTest, HeadAnd204And304HaveNoBody) {
   EXPECT_EQ(response.body(), "after");
 }
 
+TEST_F(ServerTest, RespondWholeSendsTheCompleteAnswerAndKeepsTheConnection) {
+  ASSERT_NE(StartServer(Queue()), 0);
+  auto client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_FALSE(
+      client->Write("GET /whole HTTP/1.1\r\nHost: x\r\n\r\n"
+                    "HEAD /whole HTTP/1.1\r\nHost: x\r\n\r\n"
+                    "GET /mismatch HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::string body(3000, '\0');
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    body[i] = static_cast<char>(i * 7 + 3);
+  }
+
+  std::shared_ptr<Exchange> get = exchanges_.Pop();
+  ASSERT_NE(get, nullptr);
+  ResponseHead head;
+  head.status = 201;
+  head.headers = {{"X-Kind", "whole"}};
+  head.content_length = body.size();
+  EXPECT_THAT(Await([&](BodyWriter::DoneHandler done) {
+                get->RespondWhole(head, body, std::move(done));
+              }),
+              IsOk());
+  // A second answer to the same exchange is refused.
+  EXPECT_THAT(Await([&](BodyWriter::DoneHandler done) {
+                get->RespondWhole(head, body, std::move(done));
+              }),
+              StatusIs(absl::StatusCode::kFailedPrecondition, _));
+
+  // HEAD: the GET's length is declared, the body is dropped.
+  std::shared_ptr<Exchange> head_request = exchanges_.Pop();
+  ASSERT_NE(head_request, nullptr);
+  EXPECT_THAT(Await([&](BodyWriter::DoneHandler done) {
+                head_request->RespondWhole(head, "", std::move(done));
+              }),
+              IsOk());
+
+  // A length that is not the body's: refused, nothing sent.
+  std::shared_ptr<Exchange> mismatch = exchanges_.Pop();
+  ASSERT_NE(mismatch, nullptr);
+  head.content_length = body.size() + 1;
+  EXPECT_THAT(Await([&](BodyWriter::DoneHandler done) {
+                mismatch->RespondWhole(head, body, std::move(done));
+              }),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("3001")));
+  mismatch->RespondSimple(200, {}, "fine");
+
+  Response response;
+  ASSERT_FALSE(client->Read(response));
+  EXPECT_EQ(response.result_int(), 201);
+  EXPECT_EQ(std::string(response["X-Kind"]), "whole");
+  EXPECT_TRUE(response.body() == body) << "body differs";
+  ASSERT_FALSE(client->Read(response, /*head_request=*/true));
+  EXPECT_EQ(Header(response, bhttp::field::content_length), "3000");
+  ASSERT_FALSE(client->Read(response));
+  EXPECT_EQ(response.body(), "fine");
+}
+
 TEST_F(ServerTest, ContentLengthIsEnforcedOnTheWriter) {
   ASSERT_NE(StartServer(Queue()), 0);
   auto client = Connect();
