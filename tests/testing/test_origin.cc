@@ -713,9 +713,15 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void WriteStream(std::string data, bool last, Then then) {
     out_ = std::move(data);
+    WriteStreamView(out_, last, std::move(then));
+  }
+
+  // `data` must stay valid until `then` runs (out_, or the pattern table).
+  void WriteStreamView(absl::string_view data, bool last, Then then) {
     auto& body = response_->body();
-    body.data = out_.empty() ? nullptr : out_.data();
-    body.size = out_.size();
+    // Beast's buffer_body only reads through this pointer when serializing.
+    body.data = data.empty() ? nullptr : const_cast<char*>(data.data());
+    body.size = data.size();
     body.more = !last;
     bhttp::async_write(
         stream_, *serializer_,
@@ -744,9 +750,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const std::size_t len = static_cast<std::size_t>(
         std::min<std::uint64_t>(kChunkBytes, total_ - offset_));
     const bool last = offset_ + len == total_;
-    std::string data = TestPattern(offset_, len);
+    const absl::string_view data = TestPatternSlice(offset_, len);
     offset_ += len;
-    WriteStream(std::move(data), last, [self = this->shared_from_this(), last] {
+    WriteStreamView(data, last, [self = this->shared_from_this(), last] {
       if (last) {
         self->OnResponseDone({});
       } else {
@@ -958,12 +964,43 @@ bool TestOrigin::WaitForNoConnections(absl::Duration timeout) const {
   return impl_->WaitForNoConnections(timeout);
 }
 
+namespace {
+
+// The pattern repeats every kPatternPeriod bytes. A prime period keeps a
+// chunk that is duplicated, dropped or reordered at any power-of-two
+// granularity from matching. The table holds one period plus one chunk, so
+// every slice of up to kChunkBytes is contiguous and a sender needs no copy.
+constexpr std::size_t kPatternPeriod = 65521;
+
+const std::string& PatternTable() {
+  static const std::string* const table = [] {
+    auto* bytes = new std::string(kPatternPeriod + kChunkBytes, '\0');
+    for (std::size_t i = 0; i < bytes->size(); ++i) {
+      // The top byte of a multiplicative hash of the position.
+      const std::uint64_t x = (i % kPatternPeriod) * 0x9E3779B97F4A7C15ULL;
+      (*bytes)[i] = static_cast<char>(x >> 56);
+    }
+    return bytes;
+  }();
+  return *table;
+}
+
+}  // namespace
+
+absl::string_view TestPatternSlice(std::uint64_t offset, std::size_t n) {
+  BROKER_CHECK(n <= kChunkBytes);
+  return absl::string_view(PatternTable())
+      .substr(static_cast<std::size_t>(offset % kPatternPeriod), n);
+}
+
 std::string TestPattern(std::uint64_t offset, std::size_t n) {
-  std::string out(n, '\0');
-  for (std::size_t i = 0; i < n; ++i) {
-    // The top byte of a multiplicative hash of the position.
-    const std::uint64_t x = (offset + i) * 0x9E3779B97F4A7C15ULL;
-    out[i] = static_cast<char>(x >> 56);
+  std::string out;
+  out.reserve(n);
+  while (out.size() < n) {
+    const std::size_t piece = std::min(kChunkBytes, n - out.size());
+    const absl::string_view slice =
+        TestPatternSlice(offset + out.size(), piece);
+    out.append(slice.data(), slice.size());
   }
   return out;
 }

@@ -101,6 +101,9 @@ class TestOrigin {
 
 // The deterministic pseudo-random bytes [offset, offset + n) of /bytes.
 std::string TestPattern(std::uint64_t offset, std::size_t n);
+// The same bytes without a copy, for n up to 64 KiB; the view is valid for
+// the life of the process.
+absl::string_view TestPatternSlice(std::uint64_t offset, std::size_t n);
 
 // Incremental SHA-256, as hex (what /echo reports).
 class Sha256 {
