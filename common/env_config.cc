@@ -3,6 +3,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 #include <algorithm>
@@ -233,6 +234,22 @@ absl::StatusOr<absl::Duration> EnvReader::DurationMs(
         absl::StrCat(Quote(*value), " is not a whole number of milliseconds"));
   }
   return absl::Milliseconds(static_cast<std::int64_t>(*ms));
+}
+
+absl::StatusOr<std::int64_t> EnvReader::Integer(absl::string_view name,
+                                                std::int64_t default_value,
+                                                std::int64_t min_value,
+                                                std::int64_t max_value) const {
+  const std::string* value = Find(name);
+  if (value == nullptr || value->empty()) return default_value;
+  std::int64_t n = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*value), &n) ||
+      n < min_value || n > max_value) {
+    return VariableError(
+        name, absl::StrCat(Quote(*value), " is not a whole number from ",
+                           min_value, " to ", max_value));
+  }
+  return n;
 }
 
 absl::StatusOr<Url> EnvReader::HttpUrl(absl::string_view name) const {

@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -78,6 +79,12 @@ class EnvReader {
   // `default_value` if unset; anything else is an error.
   [[nodiscard]] absl::StatusOr<bool> Bool(absl::string_view name,
                                           bool default_value) const;
+
+  // A whole number in [min_value, max_value], or `default_value` if unset
+  // or empty.
+  [[nodiscard]] absl::StatusOr<std::int64_t> Integer(
+      absl::string_view name, std::int64_t default_value,
+      std::int64_t min_value, std::int64_t max_value) const;
 
   // A whole, non-negative number of milliseconds ("30000"), or
   // `default_value` if unset or empty.

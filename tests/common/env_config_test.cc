@@ -121,6 +121,23 @@ TEST(EnvReaderTest, BoolErrorNamesTheVariable) {
   EXPECT_THAT(env.Bool("Y", false), StatusIs(kInvalid, StartsWith("Y: ")));
 }
 
+TEST(EnvReaderTest, IntegerIsBoundedAndNamesTheVariable) {
+  const EnvReader env = Env({{"MAX", "4"},
+                             {"SP", " 0 "},
+                             {"EMPTY", ""},
+                             {"HIGH", "65"},
+                             {"WORD", "four"}});
+  EXPECT_EQ(*env.Integer("MAX", 9, 0, 64), 4);
+  EXPECT_EQ(*env.Integer("SP", 9, 0, 64), 0);
+  EXPECT_EQ(*env.Integer("EMPTY", 9, 0, 64), 9);
+  EXPECT_EQ(*env.Integer("UNSET", 9, 0, 64), 9);
+  EXPECT_THAT(
+      env.Integer("HIGH", 4, 0, 64),
+      StatusIs(kInvalid, "HIGH: \"65\" is not a whole number from 0 to 64"));
+  EXPECT_THAT(env.Integer("WORD", 4, 0, 64),
+              StatusIs(kInvalid, StartsWith("WORD: ")));
+}
+
 TEST(EnvReaderTest, DurationMsParsesWholeMilliseconds) {
   const EnvReader env =
       Env({{"PING", "25000"}, {"ZERO", "0"}, {"EMPTY", ""}, {"SP", " 5 "}});
