@@ -78,6 +78,7 @@ class DefaultBrokerServer final : public BrokerServer {
       : config_(std::move(config)),
         executor_(config_.io_threads),
         rules_(std::move(rules)),
+        registry_(config_.max_clients_per_token),
         tunnel_service_(registry_) {}
 
   absl::StatusOr<BoundPorts> Start() override {
@@ -103,11 +104,22 @@ class DefaultBrokerServer final : public BrokerServer {
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
     builder.SetMaxReceiveMessageSize(1 << 20);
     builder.SetMaxSendMessageSize(1 << 20);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    // Liveness of each worker connection is the transport's keepalive: an
+    // unanswered ping closes the connection, which ends its Control and
+    // lanes at once (failover), whether the worker died, froze or lost
+    // its network path.
     builder.AddChannelArgument(
-        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+        GRPC_ARG_KEEPALIVE_TIME_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(config_.tunnel_keepalive)));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(
+                                   config_.tunnel_keepalive_timeout)));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // Workers ping every second to notice a frozen server; more often is
+    // abuse.
+    builder.AddChannelArgument(
+        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr || ports.tunnel == 0) {
       return absl::UnavailableError(

@@ -21,6 +21,14 @@ struct ServerConfig {
   absl::Duration request_timeout = absl::Minutes(10);
   // BROKER_MAX_BODY_BYTES: bodies stream, so this only bounds abuse.
   std::uint64_t max_body_bytes = 2ULL << 30;
+  // BROKER_MAX_CLIENTS_PER_TOKEN: distinct workers per token (0: no limit).
+  int max_clients_per_token = 4;
+  // BROKER_TUNNEL_KEEPALIVE_MS: the server pings each worker's connection
+  // this often and drops it when a ping is unanswered for
+  // `tunnel_keepalive_timeout`, so a frozen worker or a silently dropped
+  // connection is found within about two seconds.
+  absl::Duration tunnel_keepalive = absl::Milliseconds(300);
+  absl::Duration tunnel_keepalive_timeout = absl::Seconds(1);
   int io_threads = 2;
   std::string version = "0.1.0";
 };

@@ -35,6 +35,11 @@ int main(int argc, char** argv) {
            "(default 600000)\n"
            "  BROKER_MAX_BODY_BYTES body limit of a platform request "
            "(default 2 GiB; over -> 413)\n"
+           "  BROKER_MAX_CLIENTS_PER_TOKEN  connected workers a token may "
+           "have (default 4; 0: no limit)\n"
+           "  BROKER_TUNNEL_KEEPALIVE_MS  how often the server pings each "
+           "worker connection; unanswered for 1 s, it is dropped "
+           "(default 300)\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n";
     return 0;
   }
@@ -66,6 +71,17 @@ int main(int argc, char** argv) {
     return fail(absl::InvalidArgumentError(
         "BROKER_MAX_BODY_BYTES: must be a whole number of bytes above 0"));
   }
+  auto max_clients = env.Integer("BROKER_MAX_CLIENTS_PER_TOKEN", 4, 0, 1000);
+  if (!max_clients.ok()) return fail(max_clients.status());
+  config.max_clients_per_token = static_cast<int>(*max_clients);
+  auto keepalive =
+      env.DurationMs("BROKER_TUNNEL_KEEPALIVE_MS", absl::Milliseconds(300));
+  if (!keepalive.ok()) return fail(keepalive.status());
+  if (*keepalive < absl::Milliseconds(100)) {
+    return fail(absl::InvalidArgumentError(
+        "BROKER_TUNNEL_KEEPALIVE_MS: must be at least 100"));
+  }
+  config.tunnel_keepalive = *keepalive;
   absl::Status logging =
       broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
   if (!logging.ok()) return fail(logging);

@@ -9,6 +9,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
 
+#include <algorithm>
 #include <deque>
 #include <optional>
 #include <string>
@@ -32,13 +33,29 @@ http::Headers ToHttpHeaders(
   return out;
 }
 
+constexpr int kMaxResends = 2;
+// How long a re-sent request waits for another worker's lane.
+constexpr absl::Duration kResendLaneWait = absl::Seconds(2);
+
+// Whether the request may go to another worker after its tunnel broke: the
+// first worker may have acted on it, so only methods safe to repeat, and
+// only without a body (nothing of it was consumed).
+bool MayResend(const http::RequestHead& request) {
+  const bool safe = request.method == "GET" || request.method == "HEAD" ||
+                    request.method == "OPTIONS";
+  const bool bodiless =
+      !request.chunked && request.content_length.value_or(0) == 0;
+  return safe && bodiless;
+}
+
 class RelayCall final : public LaneListener,
                         public std::enable_shared_from_this<RelayCall> {
  public:
   RelayCall(boost::asio::io_context& io, TunnelRegistry& registry,
             TunnelRegistry::Taken taken,
             std::shared_ptr<http::Exchange> exchange, RelayRequest request)
-      : registry_(registry),
+      : io_(io),
+        registry_(registry),
         lane_(std::move(taken.lane)),
         client_id_(std::move(taken.client_id)),
         exchange_(std::move(exchange)),
@@ -324,6 +341,7 @@ class RelayCall final : public LaneListener,
     {
       absl::MutexLock lock(&mu_);
       if (ended_) return;
+      aborted_ = true;  // our decision: never a reason to re-send
     }
     lane_->Close(status);
   }
@@ -368,13 +386,25 @@ class RelayCall final : public LaneListener,
   // Something broke: answer 502/504 if nothing was sent yet, else abort.
   void Fail(const absl::Status& status) {
     bool started = false;
+    bool resend = false;
     http::BodyWriter* writer = nullptr;
     {
       absl::MutexLock lock(&mu_);
       if (ended_) return;
       started = response_started_;
-      response_started_ = true;
+      resend = !started && !aborted_ && request_.attempt < kMaxResends &&
+               MayResend(exchange_->request()) &&
+               absl::Now() < request_.deadline;
+      if (resend) {
+        ended_ = true;
+      } else {
+        response_started_ = true;
+      }
       writer = writer_;
+    }
+    if (resend) {
+      Resend(status);
+      return;
     }
     BROKER_LOG(kServer, kWarn,
                {{"request_id", request_.request_id},
@@ -399,6 +429,44 @@ class RelayCall final : public LaneListener,
     End(status);
   }
 
+  // Failover: gives this lane up and sends the request again on a lane of
+  // another worker (the broken one is avoided).
+  void Resend(const absl::Status& status) {
+    timer_.cancel();
+    registry_.Release(request_.token_hash, client_id_);
+    lane_->Close(absl::UnavailableError("re-sent on another worker"));
+    BROKER_LOG(kServer, kInfo,
+               {{"request_id", request_.request_id},
+                {"hashed_token", request_.token_hash},
+                {"client_id", client_id_},
+                {"error", status.ToString()},
+                {"attempt", request_.attempt + 1}},
+               "re-sending a request whose worker failed");
+    RelayRequest again = request_;
+    ++again.attempt;
+    const std::string token_hash = again.token_hash;
+    const absl::Duration wait =
+        std::min(kResendLaneWait, again.deadline - absl::Now());
+    registry_.TakeOrWait(
+        io_, token_hash, wait,
+        [&io = io_, &registry = registry_, exchange = exchange_,
+         again = std::move(again)](
+            std::optional<TunnelRegistry::Taken> lane) mutable {
+          if (!lane) {
+            exchange->RespondSimple(502,
+                                    {{"content-type", "application/json"},
+                                     {"x-broker-failure", "tunnel-error"},
+                                     {"snyk-request-id", again.request_id}},
+                                    R"({"ok":false,"code":"TUNNEL_ERROR"})");
+            return;
+          }
+          StartRelay(io, registry, *std::move(lane), std::move(exchange),
+                     std::move(again));
+        },
+        /*avoid=*/client_id_);
+  }
+
+  boost::asio::io_context& io_;
   TunnelRegistry& registry_;
   const std::shared_ptr<Lane> lane_;
   const std::string client_id_;
@@ -417,6 +485,7 @@ class RelayCall final : public LaneListener,
   http::BodyWriter* writer_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool response_started_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;  // platform gone or deadline
   // Lane reuse: the worker's end said keep_lane; our end (or head without
   // body) was sent; the answer ended before that send completed.
   bool worker_keeps_lane_ ABSL_GUARDED_BY(mu_) = false;

@@ -22,6 +22,7 @@ struct RelayRequest {
   std::string url;  // path?query for the worker, /broker/<token> removed
   common::http::Headers headers;  // to send down, framing headers removed
   absl::Time deadline;
+  int attempt = 0;  // re-sends so far, after workers died (failover)
 };
 
 // Streams one platform request down a taken lane and the worker's answer
@@ -29,6 +30,9 @@ struct RelayRequest {
 // Ends the answer as an aborted transfer when the tunnel or the origin dies
 // mid-body, and answers 502/504 with `x-broker-failure` when it dies before
 // the answer started. Never hangs: the deadline closes the lane.
+// Failover: a request without a body whose method is safe to repeat (GET,
+// HEAD, OPTIONS) is re-sent on another worker's lane when its tunnel
+// breaks before the answer started (at most kMaxResends times).
 //
 // Thread-safe: lane callbacks arrive on gRPC threads, exchange callbacks on
 // the connection's strand, the timer on an io thread.

@@ -1,23 +1,55 @@
 #include "services/server/tunnel_registry.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <algorithm>
 
 namespace broker::server {
 
-void TunnelRegistry::AddWorker(const std::string& token_hash, WorkerInfo info) {
+absl::StatusOr<std::uint64_t> TunnelRegistry::AddWorker(
+    const std::string& token_hash, WorkerInfo info) {
   absl::MutexLock lock(&mu_);
   Token& token = tokens_[token_hash];
+  Worker* same = nullptr;
   for (Worker& worker : token.workers) {
     if (worker.info.client_id == info.client_id) {
-      worker.info = std::move(info);
-      return;
+      same = &worker;
+      continue;
+    }
+    // All clients of a token serve the same systems with the same rules;
+    // a different one would answer some requests differently.
+    if (worker.info.client_url != info.client_url) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "BROKER_CLIENT_URL differs from the token's connected client ",
+          worker.info.client_id));
+    }
+    if (worker.info.rules_digest != info.rules_digest) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the accept rules (ACCEPT) differ from the token's connected "
+          "client ",
+          worker.info.client_id));
     }
   }
-  token.workers.push_back(Worker{std::move(info), {}});
+  const std::uint64_t serial = ++next_serial_;
+  if (same != nullptr) {
+    same->info = std::move(info);
+    same->serial = serial;
+    return serial;
+  }
+  if (max_clients_per_token_ > 0 &&
+      token.workers.size() >=
+          static_cast<std::size_t>(max_clients_per_token_)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the token already has ", max_clients_per_token_,
+                     " connected clients (BROKER_MAX_CLIENTS_PER_TOKEN)"));
+  }
+  token.workers.push_back(Worker{std::move(info), serial, {}});
+  return serial;
 }
 
 std::vector<std::shared_ptr<Lane>> TunnelRegistry::RemoveWorker(
-    const std::string& token_hash, const std::string& client_id) {
+    const std::string& token_hash, const std::string& client_id,
+    std::uint64_t serial) {
   std::vector<std::shared_ptr<Lane>> lanes;
   std::deque<Waiter> orphans;
   {
@@ -26,7 +58,7 @@ std::vector<std::shared_ptr<Lane>> TunnelRegistry::RemoveWorker(
     if (it == tokens_.end()) return lanes;
     auto& workers = it->second.workers;
     for (auto w = workers.begin(); w != workers.end(); ++w) {
-      if (w->info.client_id != client_id) continue;
+      if (w->info.client_id != client_id || w->serial != serial) continue;
       lanes.assign(w->idle.begin(), w->idle.end());
       workers.erase(w);
       break;
@@ -60,10 +92,14 @@ bool TunnelRegistry::Park(const std::string& token_hash,
     if (owner == nullptr) return false;
     owner->idle.push_back(std::move(lane));
     owner->info.idle_lanes = owner->idle.size();
-    if (!token.waiters.empty()) {
-      waiter = std::move(token.waiters.front());
-      token.waiters.pop_front();
-      taken = TakeLocked(token);
+    // The first waiter this lane can serve (not one avoiding its worker).
+    for (auto w = token.waiters.begin(); w != token.waiters.end(); ++w) {
+      if (w->avoid == owner->info.client_id) continue;
+      taken = TakeLocked(token, w->avoid);
+      if (!taken) break;
+      waiter = std::move(*w);
+      token.waiters.erase(w);
+      break;
     }
   }
   if (waiter) {
@@ -91,22 +127,23 @@ void TunnelRegistry::Unpark(const std::string& token_hash, const Lane* lane) {
 }
 
 std::optional<TunnelRegistry::Taken> TunnelRegistry::Take(
-    const std::string& token_hash) {
+    const std::string& token_hash, absl::string_view avoid) {
   absl::MutexLock lock(&mu_);
   auto it = tokens_.find(token_hash);
   if (it == tokens_.end()) return std::nullopt;
-  return TakeLocked(it->second);
+  return TakeLocked(it->second, avoid);
 }
 
 void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
                                 const std::string& token_hash,
-                                absl::Duration wait, TakeHandler done) {
+                                absl::Duration wait, TakeHandler done,
+                                absl::string_view avoid) {
   std::optional<Taken> taken;
   {
     absl::MutexLock lock(&mu_);
     auto it = tokens_.find(token_hash);
     if (it != tokens_.end()) {
-      taken = TakeLocked(it->second);
+      taken = TakeLocked(it->second, avoid);
       if (!taken && wait > absl::ZeroDuration()) {
         const std::uint64_t id = ++next_waiter_id_;
         auto timer = std::make_shared<boost::asio::steady_timer>(io);
@@ -130,7 +167,8 @@ void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
               }
               if (expired) std::move(expired->done)(std::nullopt);
             });
-        it->second.waiters.push_back(Waiter{id, std::move(done), timer});
+        it->second.waiters.push_back(
+            Waiter{id, std::move(done), timer, std::string(avoid)});
         return;
       }
     }
@@ -138,7 +176,8 @@ void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
   std::move(done)(std::move(taken));
 }
 
-std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(Token& token) {
+std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
+    Token& token, absl::string_view avoid) {
   const std::size_t n = token.workers.size();
   Worker* best = nullptr;
   std::size_t best_index = 0;
@@ -146,7 +185,7 @@ std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(Token& token) {
   for (std::size_t k = 0; k < n; ++k) {
     std::size_t i = (token.next + k) % n;
     Worker& worker = token.workers[i];
-    if (worker.idle.empty()) continue;
+    if (worker.idle.empty() || worker.info.client_id == avoid) continue;
     if (best == nullptr || worker.info.in_flight < best->info.in_flight) {
       best = &worker;
       best_index = i;

@@ -5,6 +5,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "boost/asio/io_context.hpp"
@@ -27,10 +29,17 @@ namespace broker::server {
 // No callback is ever made while the lock is held.
 class TunnelRegistry {
  public:
+  // `max_clients_per_token`: distinct workers a token may connect (0: no
+  // limit), the server's second line behind the dispatcher's cap.
+  explicit TunnelRegistry(int max_clients_per_token = 4)
+      : max_clients_per_token_(max_clients_per_token) {}
+
   struct WorkerInfo {
     std::string client_id;
     std::string masked_token;  // for /connections-status; never the token
     std::string version;
+    // The worker's configuration fingerprint: a token's workers must agree.
+    std::string client_url;
     std::string rules_digest;
     absl::Time connected_at;
     std::size_t idle_lanes = 0;
@@ -43,11 +52,19 @@ class TunnelRegistry {
     std::string client_id;
   };
 
-  void AddWorker(const std::string& token_hash, WorkerInfo info)
+  // Registers a worker (a worker reconnecting with its client id replaces
+  // its old registration) and returns the registration's serial, for
+  // RemoveWorker. ResourceExhausted when the token has its maximum of
+  // other workers; FailedPrecondition, naming the setting, when the
+  // worker's fingerprint differs from the token's connected workers.
+  absl::StatusOr<std::uint64_t> AddWorker(const std::string& token_hash,
+                                          WorkerInfo info)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes that registration (not a newer one of the same client id).
   // Returns the lanes that were parked, for the caller to close.
   std::vector<std::shared_ptr<Lane>> RemoveWorker(const std::string& token_hash,
-                                                  const std::string& client_id)
+                                                  const std::string& client_id,
+                                                  std::uint64_t serial)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // False when the worker is unknown (its Control call ended): the caller
@@ -59,8 +76,10 @@ class TunnelRegistry {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // A lane of the least loaded worker of the token, or nullopt when no
-  // worker has an idle lane.
-  std::optional<Taken> Take(const std::string& token_hash)
+  // worker has an idle lane. A non-empty `avoid` skips that worker (a
+  // request re-sent after its worker died).
+  std::optional<Taken> Take(const std::string& token_hash,
+                            absl::string_view avoid = "")
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // As Take(), but when the token's workers are connected and all their
@@ -70,8 +89,8 @@ class TunnelRegistry {
   // thread or on an `io` thread at the timeout.
   using TakeHandler = absl::AnyInvocable<void(std::optional<Taken>) &&>;
   void TakeOrWait(boost::asio::io_context& io, const std::string& token_hash,
-                  absl::Duration wait, TakeHandler done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                  absl::Duration wait, TakeHandler done,
+                  absl::string_view avoid = "") ABSL_LOCKS_EXCLUDED(mu_);
   // The request on a taken lane ended.
   void Release(const std::string& token_hash, const std::string& client_id)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -86,12 +105,14 @@ class TunnelRegistry {
  private:
   struct Worker {
     WorkerInfo info;
+    std::uint64_t serial = 0;
     std::deque<std::shared_ptr<Lane>> idle;
   };
   struct Waiter {
     std::uint64_t id;
     TakeHandler done;
     std::shared_ptr<boost::asio::steady_timer> timer;
+    std::string avoid;
   };
   struct Token {
     std::vector<Worker> workers;  // few (<= 4 per server in HA)
@@ -100,9 +121,11 @@ class TunnelRegistry {
   };
 
   // The caller holds mu_ (the token lives in tokens_).
-  static std::optional<Taken> TakeLocked(Token& token);
+  static std::optional<Taken> TakeLocked(Token& token, absl::string_view avoid);
 
+  const int max_clients_per_token_;
   mutable absl::Mutex mu_;
+  std::uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);
   std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -85,8 +85,8 @@ class ControlReactor final
                  {{"hashed_token", identity_.token_hash},
                   {"client_id", identity_.client_id}},
                  "broker client disconnected");
-      for (auto& lane :
-           registry_.RemoveWorker(identity_.token_hash, identity_.client_id)) {
+      for (auto& lane : registry_.RemoveWorker(identity_.token_hash,
+                                               identity_.client_id, serial_)) {
         lane->Close(absl::UnavailableError("the worker's tunnel closed"));
       }
     }
@@ -106,9 +106,21 @@ class ControlReactor final
     info.client_id = identity_.client_id;
     info.masked_token = identity_.masked_token;
     info.version = hello.version();
+    info.client_url = hello.client_url();
     info.rules_digest = hello.rules_digest();
     info.connected_at = absl::Now();
-    registry_.AddWorker(identity_.token_hash, std::move(info));
+    absl::StatusOr<std::uint64_t> serial =
+        registry_.AddWorker(identity_.token_hash, std::move(info));
+    if (!serial.ok()) {
+      BROKER_LOG(kServer, kWarn,
+                 {{"hashed_token", identity_.token_hash},
+                  {"client_id", identity_.client_id},
+                  {"reason", std::string(serial.status().message())}},
+                 "broker client refused");
+      FinishOnce(ToGrpc(serial.status()));
+      return false;
+    }
+    serial_ = *serial;
     registered_ = true;
     BROKER_LOG(kServer, kInfo,
                {{"hashed_token", identity_.token_hash},
@@ -160,8 +172,10 @@ class ControlReactor final
   const CallIdentity identity_;
   WorkerControl in_;
   ServerControl out_;
-  bool registered_ = false;  // touched only by reactions, which are serial
-                             // for reads; OnDone comes last
+  // Touched only by reactions, which are serial for reads; OnDone comes
+  // last.
+  bool registered_ = false;
+  std::uint64_t serial_ = 0;  // of the registration, for RemoveWorker
 
   absl::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

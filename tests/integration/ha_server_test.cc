@@ -1,0 +1,304 @@
+// broker-server with several workers of one token, as in HA mode: the cap
+// on Control, the configuration fingerprint, spreading, and failover when
+// a worker dies or freezes. Real processes on loopback.
+
+#include "tests/integration/http_fetch.h"
+#include "tests/integration/mesh.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+#include <atomic>
+#include <iostream>
+#include <signal.h>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace broker::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kToken[] = "3c1f2e4d-5a6b-4c7d-8e9f-a0b1c2d3e4f5";
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+class HaServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto origin = StartOrigin(&origin_port_);
+    ASSERT_TRUE(origin.ok()) << origin.status();
+    origin_ = *std::move(origin);
+    server_accept_ = dir_.Write("server-accept.json", R"json({"public": [
+      {"method": "GET", "path": "/bytes/:n"},
+      {"method": "GET", "path": "/slow/:ms"},
+      {"method": "POST", "path": "/echo"}
+    ]})json");
+    client_accept_ = ClientRules("client-accept.json", "");
+    auto server = StartServer(server_accept_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  void TearDown() override {
+    for (TunnelProcess& worker : workers_) {
+      if (worker.process) worker.process->Signal(SIGCONT);
+    }
+    if (!HasFailure()) return;
+    PrintOutput("broker-server", server_.process.get());
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      PrintOutput(absl::StrCat("broker-tunnel ", i), workers_[i].process.get());
+    }
+  }
+
+  // The client rules; `extra` adds a rule (a different fingerprint).
+  std::string ClientRules(const std::string& name, const std::string& extra) {
+    const std::string origin = absl::StrCat("http://127.0.0.1:", origin_port_);
+    return dir_.Write(
+        name,
+        absl::StrCat(
+            R"json({"private": [)json", extra,
+            R"json({"method": "GET", "path": "/bytes/:n", "origin": ")json",
+            origin, R"json("},
+      {"method": "GET", "path": "/slow/:ms", "origin": ")json",
+            origin, R"json("},
+      {"method": "POST", "path": "/echo", "origin": ")json",
+            origin, R"json("}]})json"));
+  }
+
+  // Starts a worker the server admits (waits for both sides to say so).
+  void AddWorker() {
+    auto worker =
+        StartTunnel(kToken, server_.tunnel_port, client_accept_,
+                    *server_.process, {{"BROKER_CLIENT_URL", "http://w:1"}});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    workers_.push_back(*std::move(worker));
+  }
+
+  // Starts a worker without waiting for its tunnel; returns its HTTP port.
+  absl::StatusOr<std::unique_ptr<ChildProcess>> StartUnadmitted(
+      const std::string& accept, int* http_port) {
+    auto process = ChildProcess::Start(
+        BROKER_TUNNEL_BIN, {},
+        {{"BROKER_TOKEN", kToken},
+         {"BROKER_SERVER_URL",
+          absl::StrCat("http://127.0.0.1:", server_.tunnel_port)},
+         {"ACCEPT", accept},
+         {"PORT", "0"},
+         {"BROKER_CLIENT_URL", "http://w:1"},
+         {"LOG_LEVEL", "info"}});
+    if (!process.ok()) return process.status();
+    auto line = (*process)->WaitForLine("broker-tunnel listening", kWait);
+    if (!line.ok()) return line.status();
+    auto port = JsonInt(*line, "port");
+    if (!port.ok()) return port.status();
+    *http_port = *port;
+    return process;
+  }
+
+  std::string BrokerUrl(absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", server_.http_port, "/broker/",
+                        kToken, path);
+  }
+
+  int Healthcheck(int http_port) {
+    auto r = fetcher_.Fetch(
+        "GET", absl::StrCat("http://127.0.0.1:", http_port, "/healthcheck"));
+    return r.ok() ? r->status : 0;
+  }
+
+  // broker_tunnel_requests_total of a worker's /metrics, or -1.
+  int64_t RelayedBy(const TunnelProcess& worker) {
+    auto r = fetcher_.Fetch(
+        "GET", absl::StrCat("http://127.0.0.1:", worker.http_port, "/metrics"));
+    if (!r.ok() || r->status != 200) return -1;
+    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+      if (absl::ConsumePrefix(&line, "broker_tunnel_requests_total ")) {
+        int64_t n = 0;
+        if (absl::SimpleAtoi(line, &n)) return n;
+      }
+    }
+    return -1;
+  }
+
+  // Runs GETs from `threads` threads until `stop`; counts non-200 answers.
+  struct Load {
+    std::atomic<bool> stop{false};
+    std::atomic<int> ok{0};
+    std::atomic<int> failed{0};
+    absl::Mutex mu;
+    std::string first_failure ABSL_GUARDED_BY(mu);
+    std::vector<std::thread> threads;
+  };
+  void StartLoad(Load& load, int threads, const std::string& path) {
+    for (int t = 0; t < threads; ++t) {
+      load.threads.emplace_back([this, &load, path] {
+        Fetcher fetcher;
+        while (!load.stop.load()) {
+          auto r = fetcher.Fetch("GET", BrokerUrl(path));
+          if (r.ok() && r->status == 200 && r->body_status.ok()) {
+            load.ok.fetch_add(1);
+            continue;
+          }
+          load.failed.fetch_add(1);
+          absl::MutexLock lock(&load.mu);
+          if (load.first_failure.empty()) {
+            load.first_failure =
+                r.ok() ? absl::StrCat(r->status, " ", r->body,
+                                      r->Header("x-broker-failure"))
+                       : r.status().ToString();
+          }
+        }
+      });
+    }
+  }
+  static void StopLoad(Load& load) {
+    load.stop.store(true);
+    for (std::thread& t : load.threads) t.join();
+  }
+
+  TempDir dir_;
+  Fetcher fetcher_;
+  int origin_port_ = 0;
+  std::unique_ptr<ChildProcess> origin_;
+  std::string server_accept_;
+  std::string client_accept_;
+  ServerProcess server_;
+  std::vector<TunnelProcess> workers_;
+};
+
+TEST_F(HaServerTest, FifthWorkerIsRefusedUntilASlotFrees) {
+  for (int i = 0; i < 4; ++i) AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  int fifth_port = 0;
+  auto fifth = StartUnadmitted(client_accept_, &fifth_port);
+  ASSERT_TRUE(fifth.ok()) << fifth.status();
+  auto refused = server_.process->WaitForLine("broker client refused", kWait);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_THAT(*refused, HasSubstr("BROKER_MAX_CLIENTS_PER_TOKEN"));
+  ASSERT_TRUE((*fifth)
+                  ->WaitForLine("the broker server refused this client", kWait)
+                  .ok());
+  EXPECT_EQ(Healthcheck(fifth_port), 500);
+
+  auto status =
+      fetcher_.Fetch("GET", absl::StrCat("http://127.0.0.1:", server_.http_port,
+                                         "/connection-status/", kToken));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->status, 200);
+  EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 4u);
+
+  // One of the four leaves: the fifth gets in on its next attempt.
+  workers_[0].process->Signal(SIGKILL);
+  ASSERT_TRUE(
+      server_.process->WaitForLine("broker client disconnected", kWait).ok());
+  ASSERT_TRUE((*fifth)
+                  ->WaitForLine("tunnel connected to the broker server", kWait)
+                  .ok());
+  EXPECT_EQ(Healthcheck(fifth_port), 200);
+}
+
+TEST_F(HaServerTest, WorkerWithDifferentRulesIsRefusedNamingTheSetting) {
+  AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  const std::string other_rules = ClientRules(
+      "other-accept.json",
+      R"json({"method": "GET", "path": "/extra", "origin": "http://127.0.0.1:1"},)json");
+  int port = 0;
+  auto odd = StartUnadmitted(other_rules, &port);
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  auto refused = server_.process->WaitForLine("broker client refused", kWait);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_THAT(*refused, HasSubstr("accept rules (ACCEPT) differ"));
+  ASSERT_TRUE(
+      (*odd)->WaitForLine("the broker server refused this client", kWait).ok());
+  EXPECT_EQ(Healthcheck(port), 500);
+}
+
+TEST_F(HaServerTest, RequestsSpreadEvenlyOverFourWorkers) {
+  for (int i = 0; i < 4; ++i) AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 500;
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      Fetcher fetcher;
+      for (int i = 0; i < kPerThread; ++i) {
+        auto r = fetcher.Fetch("GET", BrokerUrl("/bytes/64"));
+        if (!r.ok() || r->status != 200) failed.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  constexpr double kTotal = kThreads * kPerThread;
+  for (const TunnelProcess& worker : workers_) {
+    const double share = static_cast<double>(RelayedBy(worker)) / kTotal;
+    EXPECT_NEAR(share, 0.25, 0.02);
+  }
+}
+
+TEST_F(HaServerTest, KilledWorkerCostsNoGet) {
+  AddWorker();
+  AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  Load fast;
+  Load slow;  // in flight on both workers when one dies
+  StartLoad(fast, 4, "/bytes/1024");
+  StartLoad(slow, 4, "/slow/300");
+  const absl::Time start = absl::Now();
+  while (fast.ok.load() < 200 && absl::Now() - start < kWait) {
+    std::this_thread::yield();
+  }
+  workers_[1].process->Signal(SIGKILL);
+  const int ok_at_kill = fast.ok.load();
+  // Keep the load on until the survivor has served plenty more.
+  while (fast.ok.load() < ok_at_kill + 500 && absl::Now() - start < kWait) {
+    std::this_thread::yield();
+  }
+  StopLoad(fast);
+  StopLoad(slow);
+  absl::MutexLock lock(&fast.mu);
+  absl::MutexLock slow_lock(&slow.mu);
+  EXPECT_EQ(fast.failed.load(), 0) << fast.first_failure;
+  EXPECT_EQ(slow.failed.load(), 0) << slow.first_failure;
+  EXPECT_GT(slow.ok.load(), 0);
+}
+
+TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {
+  AddWorker();
+  AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  Load load;
+  StartLoad(load, 4, "/slow/100");
+  const absl::Time start = absl::Now();
+  while (load.ok.load() < 40 && absl::Now() - start < kWait) {
+    std::this_thread::yield();
+  }
+  const absl::Time frozen = absl::Now();
+  workers_[1].process->Signal(SIGSTOP);
+  ASSERT_TRUE(
+      server_.process->WaitForLine("broker client disconnected", kWait).ok());
+  const absl::Duration detected = absl::Now() - frozen;
+  const int ok_at_drop = load.ok.load();
+  while (load.ok.load() < ok_at_drop + 40 && absl::Now() - start < kWait) {
+    std::this_thread::yield();
+  }
+  StopLoad(load);
+  absl::MutexLock lock(&load.mu);
+  EXPECT_EQ(load.failed.load(), 0) << load.first_failure;
+  // The keepalive is 500 ms + 1 s; allow the loaded machine a margin.
+  EXPECT_LT(detected, absl::Milliseconds(2500)) << detected;
+  std::cout << "frozen worker dropped after " << detected << "\n";
+}
+
+}  // namespace
+}  // namespace broker::testing
