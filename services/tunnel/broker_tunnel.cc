@@ -25,6 +25,7 @@
 #include "boost/asio/steady_timer.hpp"
 #include "nlohmann/json.hpp"
 
+#include <atomic>
 #include <deque>
 
 namespace broker::tunnel {
@@ -190,6 +191,8 @@ class Worker final : public BrokerTunnel {
   int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;
   int active_requests_ ABSL_GUARDED_BY(mu_) = 0;
   int peak_requests_ ABSL_GUARDED_BY(mu_) = 0;  // most at once, ever
+  // Requests the server sent down this worker's lanes (/metrics).
+  std::atomic<std::uint64_t> requests_relayed_{0};
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_) = kBackoffFirst;
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 };
@@ -802,8 +805,10 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel() const {
     credentials = grpc::SslCredentials(options);
   }
   grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // A frozen or unreachable server is noticed within about two seconds,
+  // and the worker reconnects (to its next assignment, in HA mode).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 1000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -918,6 +923,7 @@ std::vector<std::shared_ptr<ServeLane>> Worker::LiveLanes() {
 }
 
 void Worker::OnLaneTaken() {
+  requests_relayed_.fetch_add(1, std::memory_order_relaxed);
   {
     absl::MutexLock lock(&mu_);
     --idle_lanes_;
@@ -974,11 +980,17 @@ void Worker::OnControlDown(const ControlCall* call,
       return;
     }
   }
+  const bool refused =
+      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+      status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+      status.error_code() == grpc::StatusCode::UNAUTHENTICATED;
   BROKER_LOG(kTunnel, kWarn,
              {{"url", config_.server_url},
               {"grpc_status", static_cast<int>(status.error_code())},
               {"error", status.error_message()}},
-             "tunnel connection to the broker server was closed; reconnecting");
+             refused ? "the broker server refused this client; retrying"
+                     : "tunnel connection to the broker server was closed; "
+                       "reconnecting");
   ScheduleReconnect();
   // Shutdown() waits for control_ to clear, so this stays the last touch of
   // the worker. The reconnect may already have installed a newer call.
@@ -1026,6 +1038,21 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
                              {"brokerServerUrl", config_.server_url},
                              {"version", config_.version},
                              {"transport", "grpc"}});
+    return;
+  }
+  if (path == "/metrics" && request.method == "GET") {
+    exchange->RespondSimple(
+        200, {{"content-type", "text/plain; version=0.0.4; charset=utf-8"}},
+        absl::StrCat("# HELP broker_tunnel_requests_total Requests the broker "
+                     "server relayed through this worker.\n"
+                     "# TYPE broker_tunnel_requests_total counter\n"
+                     "broker_tunnel_requests_total ",
+                     requests_relayed_.load(std::memory_order_relaxed), "\n",
+                     "# HELP broker_tunnel_connected Whether the tunnel to "
+                     "the broker server is up and admitted.\n"
+                     "# TYPE broker_tunnel_connected gauge\n"
+                     "broker_tunnel_connected ",
+                     Connected() ? 1 : 0, "\n"));
     return;
   }
   if (path == "/filters" && request.method == "GET") {
