@@ -17,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 
 #include "absl/random/random.h"
+#include "absl/synchronization/notification.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -71,7 +72,7 @@ void RespondJson(http::Exchange& exchange, int status, const json& body,
 // How long a request waits for a parked lane when all are busy.
 constexpr absl::Duration kLaneWait = absl::Seconds(2);
 
-class DefaultBrokerServer final : public BrokerServer {
+class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
  public:
   DefaultBrokerServer(ServerConfig config,
                       std::shared_ptr<const filters::RuleSet> rules)
@@ -79,7 +80,20 @@ class DefaultBrokerServer final : public BrokerServer {
         executor_(config_.io_threads),
         rules_(std::move(rules)),
         registry_(config_.max_clients_per_token),
-        tunnel_service_(registry_) {}
+        tunnel_service_(registry_, this) {}
+
+  void OnWorkerConnected(const std::string& token_hash,
+                         const std::string& client_id) override {
+    if (dispatcher_) dispatcher_->ClientConnected(token_hash, client_id);
+  }
+  void OnWorkerDisconnected(const std::string& token_hash,
+                            const std::string& client_id) override {
+    if (dispatcher_) dispatcher_->ClientDisconnected(token_hash, client_id);
+    absl::MutexLock lock(&drain_mu_);
+    if (draining_ && registry_.Empty() && !drained_.HasBeenNotified()) {
+      drained_.Notify();
+    }
+  }
 
   absl::StatusOr<BoundPorts> Start() override {
     BoundPorts ports;
@@ -140,6 +154,8 @@ class DefaultBrokerServer final : public BrokerServer {
                                Route(std::move(exchange));
                              }));
     BROKER_ASSIGN_OR_RETURN(ports.http, http_server_->Start());
+    // After both listeners: the default URLs need the bound ports.
+    RegisterWithDispatcher(ports);
     return ports;
   }
 
@@ -148,6 +164,23 @@ class DefaultBrokerServer final : public BrokerServer {
   // Idempotent. The executor stops last: reactors and timers refer to the
   // registry, which must outlive them.
   void Shutdown(absl::Time deadline) override {
+    if (dispatcher_) {
+      // HA: leave the dispatcher first (new allocations, and the workers'
+      // next assignments, go elsewhere), then ask the workers to move and
+      // give them a moment; requests keep flowing meanwhile.
+      dispatcher_->Stop(std::min(deadline, absl::Now() + absl::Seconds(3)));
+      {
+        absl::MutexLock lock(&drain_mu_);
+        draining_ = true;
+      }
+      const int told = tunnel_service_.DrainAll("the broker server is stopping");
+      BROKER_LOG(kServer, kInfo, {{"workers", told}},
+                 "draining: asked the workers to move to another server");
+      if (told > 0 && !registry_.Empty()) {
+        drained_.WaitForNotificationWithDeadline(
+            std::min(deadline, absl::Now() + config_.drain_wait));
+      }
+    }
     // The HTTP side returns once every relayed request has ended (or the
     // deadline cut it). What is left on the tunnel endpoint are the workers'
     // Control calls and parked lanes, which never end by themselves: end them
@@ -163,6 +196,28 @@ class DefaultBrokerServer final : public BrokerServer {
   }
 
  private:
+  void RegisterWithDispatcher(const BoundPorts& ports) {
+    DispatcherConfig dispatcher = config_.dispatcher;
+    if (dispatcher.url.empty()) return;
+    const std::string scheme = config_.tls_cert_file.empty() ? "http" : "https";
+    if (dispatcher.tunnel_url.empty()) {
+      dispatcher.tunnel_url = absl::StrCat(scheme, "://", config_.advertise_host,
+                                           ":", ports.tunnel);
+    }
+    if (dispatcher.internal_url.empty()) {
+      dispatcher.internal_url = absl::StrCat(
+          scheme, "://", config_.advertise_host, ":", ports.http);
+    }
+    auto link = DispatcherLink::Create(executor_.io(), std::move(dispatcher));
+    if (!link.ok()) {
+      BROKER_LOG(kServer, kError, {{"error", link.status().ToString()}},
+                 "cannot reach the broker dispatcher; running without it");
+      return;
+    }
+    dispatcher_ = *std::move(link);
+    dispatcher_->Start();
+  }
+
   void Route(std::shared_ptr<http::Exchange> exchange) {
     const http::RequestHead& request = exchange->request();
     absl::string_view target = request.target;
@@ -368,6 +423,11 @@ class DefaultBrokerServer final : public BrokerServer {
   std::shared_ptr<const filters::RuleSet> rules_;
   TunnelRegistry registry_;
   TunnelService tunnel_service_;
+  // Set once in Start(), before the first worker can connect.
+  std::unique_ptr<DispatcherLink> dispatcher_;
+  absl::Mutex drain_mu_;
+  bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
+  absl::Notification drained_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<http::Server> http_server_;
 };

@@ -1,5 +1,7 @@
 #pragma once
 
+#include "services/server/dispatcher_link.h"
+
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -29,6 +31,14 @@ struct ServerConfig {
   // connection is found within about two seconds.
   absl::Duration tunnel_keepalive = absl::Milliseconds(300);
   absl::Duration tunnel_keepalive_timeout = absl::Seconds(1);
+  // HA mode: registration with the dispatcher (DISPATCHER_URL; off when
+  // empty). Empty tunnel/internal URLs default to
+  // <scheme>://<advertise_host>:<bound port>.
+  DispatcherConfig dispatcher;
+  std::string advertise_host = "127.0.0.1";  // HOSTNAME
+  // On shutdown in HA mode: how long workers get to move to another server
+  // after Drain, before in-flight requests are finished and the rest cut.
+  absl::Duration drain_wait = absl::Seconds(10);
   int io_threads = 2;
   std::string version = "0.1.0";
 };

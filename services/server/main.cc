@@ -7,6 +7,8 @@
 #include "services/server/broker_server.h"
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 
 #include <iostream>
@@ -40,6 +42,20 @@ int main(int argc, char** argv) {
            "  BROKER_TUNNEL_KEEPALIVE_MS  how often the server pings each "
            "worker connection; unanswered for 1 s, it is dropped "
            "(default 300)\n"
+           "HA mode (registration with broker-dispatcher):\n"
+           "  DISPATCHER_URL        dispatcher base URL; unset: no "
+           "registration\n"
+           "  DISPATCHER_VERSION    API version query (default "
+           "2022-12-02~experimental)\n"
+           "  HOSTNAME              server id = text after its last '-'; "
+           "also the host of the default URLs (default 127.0.0.1)\n"
+           "  BROKER_SERVER_ADVERTISE_URL  tunnel URL workers dial (default "
+           "http[s]://HOSTNAME:<tunnel port>)\n"
+           "  BROKER_SERVER_INTERNAL_URL   HTTP URL other servers forward "
+           "to (default http[s]://HOSTNAME:<port>)\n"
+           "  BROKER_DRAIN_WAIT_MS  on SIGTERM, how long workers get to move "
+           "(default 10000)\n"
+           "  CA_CERT               extra trust for an https dispatcher\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n";
     return 0;
   }
@@ -82,6 +98,28 @@ int main(int argc, char** argv) {
         "BROKER_TUNNEL_KEEPALIVE_MS: must be at least 100"));
   }
   config.tunnel_keepalive = *keepalive;
+  config.dispatcher.url =
+      std::string(absl::StripSuffix(env.Optional("DISPATCHER_URL", ""), "/"));
+  if (!config.dispatcher.url.empty()) {
+    auto url = env.HttpUrl("DISPATCHER_URL");
+    if (!url.ok()) return fail(url.status());
+  }
+  const std::string hostname = env.Optional("HOSTNAME", "");
+  config.advertise_host = hostname.empty() ? "127.0.0.1" : hostname;
+  config.dispatcher.server_id =
+      broker::server::ServerIdFromHostname(hostname);
+  config.dispatcher.health_check_link =
+      absl::StrCat("http://", config.advertise_host, "/healthcheck");
+  config.dispatcher.version =
+      env.Optional("DISPATCHER_VERSION", "2022-12-02~experimental");
+  config.dispatcher.tunnel_url =
+      env.Optional("BROKER_SERVER_ADVERTISE_URL", "");
+  config.dispatcher.internal_url =
+      env.Optional("BROKER_SERVER_INTERNAL_URL", "");
+  config.dispatcher.ca_file = env.Optional("CA_CERT", "");
+  auto drain_wait = env.DurationMs("BROKER_DRAIN_WAIT_MS", absl::Seconds(10));
+  if (!drain_wait.ok()) return fail(drain_wait.status());
+  config.drain_wait = *drain_wait;
   absl::Status logging =
       broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
   if (!logging.ok()) return fail(logging);

@@ -47,19 +47,20 @@ absl::StatusOr<std::uint64_t> TunnelRegistry::AddWorker(
   return serial;
 }
 
-std::vector<std::shared_ptr<Lane>> TunnelRegistry::RemoveWorker(
+TunnelRegistry::Removed TunnelRegistry::RemoveWorker(
     const std::string& token_hash, const std::string& client_id,
     std::uint64_t serial) {
-  std::vector<std::shared_ptr<Lane>> lanes;
+  Removed removed;
   std::deque<Waiter> orphans;
   {
     absl::MutexLock lock(&mu_);
     auto it = tokens_.find(token_hash);
-    if (it == tokens_.end()) return lanes;
+    if (it == tokens_.end()) return removed;
     auto& workers = it->second.workers;
     for (auto w = workers.begin(); w != workers.end(); ++w) {
       if (w->info.client_id != client_id || w->serial != serial) continue;
-      lanes.assign(w->idle.begin(), w->idle.end());
+      removed.found = true;
+      removed.parked.assign(w->idle.begin(), w->idle.end());
       workers.erase(w);
       break;
     }
@@ -73,7 +74,12 @@ std::vector<std::shared_ptr<Lane>> TunnelRegistry::RemoveWorker(
     waiter.timer->cancel();
     std::move(waiter.done)(std::nullopt);
   }
-  return lanes;
+  return removed;
+}
+
+bool TunnelRegistry::Empty() const {
+  absl::MutexLock lock(&mu_);
+  return tokens_.empty();
 }
 
 bool TunnelRegistry::Park(const std::string& token_hash,

@@ -61,11 +61,15 @@ class TunnelRegistry {
                                           WorkerInfo info)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Removes that registration (not a newer one of the same client id).
-  // Returns the lanes that were parked, for the caller to close.
-  std::vector<std::shared_ptr<Lane>> RemoveWorker(const std::string& token_hash,
-                                                  const std::string& client_id,
-                                                  std::uint64_t serial)
+  struct Removed {
+    bool found = false;  // false: unknown, or replaced by a newer one
+    std::vector<std::shared_ptr<Lane>> parked;  // for the caller to close
+  };
+  Removed RemoveWorker(const std::string& token_hash,
+                       const std::string& client_id, std::uint64_t serial)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether no token has a worker (a draining server waits for that).
+  bool Empty() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // False when the worker is unknown (its Control call ended): the caller
   // closes the lane.

@@ -32,14 +32,24 @@ grpc::Status ToGrpc(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+}  // namespace
+
 // One worker's Control call: Hello -> Welcome, then pings both ways until
 // either side ends it. While it is open the worker is in the registry.
 class ControlReactor final
     : public grpc::ServerBidiReactor<WorkerControl, ServerControl> {
  public:
-  ControlReactor(TunnelRegistry& registry, CallIdentity identity)
-      : registry_(registry), identity_(std::move(identity)) {
+  ControlReactor(TunnelService& service, TunnelRegistry& registry,
+                 CallIdentity identity)
+      : service_(service), registry_(registry), identity_(std::move(identity)) {
     StartRead(&in_);
+  }
+
+  // Asks an admitted worker to move elsewhere; any thread.
+  void Drain(absl::string_view reason) {
+    ServerControl drain;
+    drain.mutable_drain()->set_reason(std::string(reason));
+    Enqueue(std::move(drain));
   }
 
   void OnReadDone(bool ok) override {
@@ -81,13 +91,20 @@ class ControlReactor final
 
   void OnDone() override {
     if (registered_) {
+      service_.Untrack(this);
       BROKER_LOG(kServer, kInfo,
                  {{"hashed_token", identity_.token_hash},
                   {"client_id", identity_.client_id}},
                  "broker client disconnected");
-      for (auto& lane : registry_.RemoveWorker(identity_.token_hash,
-                                               identity_.client_id, serial_)) {
+      TunnelRegistry::Removed removed = registry_.RemoveWorker(
+          identity_.token_hash, identity_.client_id, serial_);
+      for (auto& lane : removed.parked) {
         lane->Close(absl::UnavailableError("the worker's tunnel closed"));
+      }
+      // Not when a newer Control of the same client replaced this one.
+      if (removed.found && service_.events() != nullptr) {
+        service_.events()->OnWorkerDisconnected(identity_.token_hash,
+                                                identity_.client_id);
       }
     }
     delete this;
@@ -122,6 +139,11 @@ class ControlReactor final
     }
     serial_ = *serial;
     registered_ = true;
+    service_.Track(this);
+    if (service_.events() != nullptr) {
+      service_.events()->OnWorkerConnected(identity_.token_hash,
+                                           identity_.client_id);
+    }
     BROKER_LOG(kServer, kInfo,
                {{"hashed_token", identity_.token_hash},
                 {"client_id", identity_.client_id},
@@ -168,6 +190,7 @@ class ControlReactor final
 
   static constexpr uint32_t kMaxLanes = 1024;
 
+  TunnelService& service_;
   TunnelRegistry& registry_;
   const CallIdentity identity_;
   WorkerControl in_;
@@ -183,6 +206,8 @@ class ControlReactor final
   std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
   std::deque<ServerControl> queue_ ABSL_GUARDED_BY(mu_);
 };
+
+namespace {
 
 // One Serve call. Parked in the registry after LaneReady; then owned by
 // the request that takes it (through Lane). The reactor keeps itself alive
@@ -411,7 +436,25 @@ grpc::ServerBidiReactor<WorkerControl, ServerControl>* TunnelService::Control(
     return new RejectReactor<WorkerControl, ServerControl>(
         ToGrpc(identity.status()));
   }
-  return new ControlReactor(registry_, *std::move(identity));
+  return new ControlReactor(*this, registry_, *std::move(identity));
+}
+
+void TunnelService::Track(ControlReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  controls_.insert(reactor);
+}
+
+void TunnelService::Untrack(ControlReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  controls_.erase(reactor);
+}
+
+int TunnelService::DrainAll(absl::string_view reason) {
+  // Under mu_: a reactor leaves the set (in OnDone) before it is deleted.
+  // Drain() only queues a write.
+  absl::MutexLock lock(&mu_);
+  for (ControlReactor* reactor : controls_) reactor->Drain(reason);
+  return static_cast<int>(controls_.size());
 }
 
 grpc::ServerBidiReactor<ServeUp, ServeDown>* TunnelService::Serve(

@@ -4,7 +4,11 @@
 
 #include "broker/tunnel/v1/tunnel.grpc.pb.h"
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 #include <functional>
 #include <memory>
@@ -16,9 +20,26 @@ namespace broker::server {
 // their Serve lanes in the registry. Reactors follow STYLE section 2: one
 // read and one write in flight, nothing blocking in a reaction, Finish never
 // with a write outstanding, each reactor freed after OnDone.
+// Told when a worker is admitted and when it is gone (the dispatcher's
+// client-connected and client-disconnected). Called on gRPC threads; must
+// not block.
+class WorkerEvents {
+ public:
+  virtual ~WorkerEvents() = default;
+  virtual void OnWorkerConnected(const std::string& token_hash,
+                                 const std::string& client_id) = 0;
+  virtual void OnWorkerDisconnected(const std::string& token_hash,
+                                    const std::string& client_id) = 0;
+};
+
+class ControlReactor;
+
 class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
  public:
-  explicit TunnelService(TunnelRegistry& registry) : registry_(registry) {}
+  // `events` may be null; it must outlive the service.
+  explicit TunnelService(TunnelRegistry& registry,
+                         WorkerEvents* events = nullptr)
+      : registry_(registry), events_(events) {}
 
   grpc::ServerBidiReactor<tunnel::v1::WorkerControl, tunnel::v1::ServerControl>*
   Control(grpc::CallbackServerContext* context) override;
@@ -26,8 +47,21 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
   grpc::ServerBidiReactor<tunnel::v1::ServeUp, tunnel::v1::ServeDown>* Serve(
       grpc::CallbackServerContext* context) override;
 
+  // Sends Drain to every admitted worker: move to another server (in HA
+  // mode, the next assignment), then let this tunnel go. Returns how many
+  // were told.
+  int DrainAll(absl::string_view reason) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // For the reactors.
+  void Track(ControlReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
+  void Untrack(ControlReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
+  WorkerEvents* events() const { return events_; }
+
  private:
   TunnelRegistry& registry_;
+  WorkerEvents* const events_;
+  absl::Mutex mu_;
+  absl::flat_hash_set<ControlReactor*> controls_ ABSL_GUARDED_BY(mu_);
 };
 
 // The caller of a tunnel call, from its metadata: `authorization: Bearer
