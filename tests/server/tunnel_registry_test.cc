@@ -84,9 +84,9 @@ TEST(TunnelRegistryTest, AnOldRegistrationCannotRemoveItsReplacement) {
   ASSERT_THAT(old_serial.status(), IsOk());
   auto new_serial = registry.AddWorker(kToken, Worker("a"));
   ASSERT_THAT(new_serial.status(), IsOk());
-  registry.RemoveWorker(kToken, "a", *old_serial);
+  EXPECT_FALSE(registry.RemoveWorker(kToken, "a", *old_serial).found);
   EXPECT_TRUE(registry.HasWorkers(kToken));
-  registry.RemoveWorker(kToken, "a", *new_serial);
+  EXPECT_TRUE(registry.RemoveWorker(kToken, "a", *new_serial).found);
   EXPECT_FALSE(registry.HasWorkers(kToken));
 }
 
