@@ -34,10 +34,12 @@ function(broker_cc_binary)
   endif()
 endfunction()
 
-# broker_cc_test(NAME SRCS DEPS [LABELS]): a GoogleTest binary registered with
-# CTest test by test. LABELS default to "unit".
+# broker_cc_test(NAME SRCS DEPS [LABELS] [TEST_PREFIX]): a GoogleTest binary
+# registered with CTest test by test. LABELS default to "unit". TEST_PREFIX
+# is put before each test's name ("dispatcher." lets `ctest -R dispatcher`
+# select a whole area).
 function(broker_cc_test)
-  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "NAME;TEST_PREFIX" "SRCS;DEPS;LABELS" ${ARGN})
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
   endif()
@@ -49,6 +51,7 @@ function(broker_cc_test)
   # Every test case has a deadline: a hang fails that case instead of
   # stalling the whole run.
   gtest_discover_tests(${ARG_NAME}
+    TEST_PREFIX "${ARG_TEST_PREFIX}"
     DISCOVERY_MODE PRE_TEST
     DISCOVERY_TIMEOUT 60
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT 300)
