@@ -17,7 +17,6 @@
 #include "grpcpp/grpcpp.h"
 
 #include "absl/random/random.h"
-#include "absl/synchronization/notification.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "nlohmann/json.hpp"
 
 namespace broker::server {
@@ -173,7 +173,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
         absl::MutexLock lock(&drain_mu_);
         draining_ = true;
       }
-      const int told = tunnel_service_.DrainAll("the broker server is stopping");
+      const int told =
+          tunnel_service_.DrainAll("the broker server is stopping");
       BROKER_LOG(kServer, kInfo, {{"workers", told}},
                  "draining: asked the workers to move to another server");
       if (told > 0 && !registry_.Empty()) {
@@ -201,12 +202,12 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     if (dispatcher.url.empty()) return;
     const std::string scheme = config_.tls_cert_file.empty() ? "http" : "https";
     if (dispatcher.tunnel_url.empty()) {
-      dispatcher.tunnel_url = absl::StrCat(scheme, "://", config_.advertise_host,
-                                           ":", ports.tunnel);
+      dispatcher.tunnel_url = absl::StrCat(
+          scheme, "://", config_.advertise_host, ":", ports.tunnel);
     }
     if (dispatcher.internal_url.empty()) {
-      dispatcher.internal_url = absl::StrCat(
-          scheme, "://", config_.advertise_host, ":", ports.http);
+      dispatcher.internal_url =
+          absl::StrCat(scheme, "://", config_.advertise_host, ":", ports.http);
     }
     auto link = DispatcherLink::Create(executor_.io(), std::move(dispatcher));
     if (!link.ok()) {

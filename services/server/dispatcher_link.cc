@@ -68,7 +68,8 @@ void DispatcherLink::Start() {
 
 void DispatcherLink::Register() {
   json attributes = {{"health_check_link", config_.health_check_link}};
-  if (!config_.tunnel_url.empty()) attributes["tunnel_url"] = config_.tunnel_url;
+  if (!config_.tunnel_url.empty())
+    attributes["tunnel_url"] = config_.tunnel_url;
   if (!config_.internal_url.empty()) {
     attributes["internal_url"] = config_.internal_url;
   }
@@ -136,8 +137,8 @@ void DispatcherLink::SendClientEvent(const std::string& token_hash,
        json{{"data", {{"attributes", attributes}}}}.dump(), request_type);
 }
 
-void DispatcherLink::Call(std::string method, std::string url,
-                          std::string body, std::string what) {
+void DispatcherLink::Call(std::string method, std::string url, std::string body,
+                          std::string what) {
   http::BufferedRequest request;
   request.method = std::move(method);
   request.url = std::move(url);
@@ -151,8 +152,8 @@ void DispatcherLink::Call(std::string method, std::string url,
         BROKER_LOG(kServer, kWarn,
                    {{"event", what},
                     {"status", answer.ok() ? answer->status : 0},
-                    {"error", answer.ok() ? answer->body
-                                          : answer.status().ToString()}},
+                    {"error",
+                     answer.ok() ? answer->body : answer.status().ToString()}},
                    "received unexpected status code communicating with "
                    "Dispatcher");
       });
@@ -168,7 +169,8 @@ void DispatcherLink::Stop(absl::Time deadline) {
   auto done = std::make_shared<absl::Notification>();
   http::BufferedRequest request;
   request.method = "DELETE";
-  request.url = Url(absl::StrCat("/internal/brokerservers/", config_.server_id));
+  request.url =
+      Url(absl::StrCat("/internal/brokerservers/", config_.server_id));
   request.headers = JsonApiHeaders();
   request.deadline = std::min(deadline, absl::Now() + config_.call_timeout);
   http::SendBuffered(*client_, std::move(request),
@@ -215,7 +217,8 @@ void DispatcherLink::LookupPeers(const std::string& token_hash,
               "the dispatcher answered the lookup with ", answer->status)));
           return;
         }
-        json body = json::parse(answer->body, nullptr, /*allow_exceptions=*/false);
+        json body =
+            json::parse(answer->body, nullptr, /*allow_exceptions=*/false);
         if (!body.is_object() || !body.contains("data") ||
             !body["data"].is_array()) {
           std::move(done)(absl::UnavailableError(

@@ -95,8 +95,7 @@ class DispatcherLink {
   // Fire and forget: logs a failure or a status >= 300.
   void Call(std::string method, std::string url, std::string body,
             std::string what);
-  std::string Url(const std::string& path,
-                  const std::string& query = "") const;
+  std::string Url(const std::string& path, const std::string& query = "") const;
 
   const DispatcherConfig config_;
   const std::unique_ptr<common::http::Client> client_;

@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
            "2022-12-02~experimental)\n"
            "  HOSTNAME              server id = text after its last '-'; "
            "also the host of the default URLs (default 127.0.0.1)\n"
+           "  BROKER_SERVER_ADVERTISE_HOST host of the default URLs below "
+           "(default HOSTNAME)\n"
            "  BROKER_SERVER_ADVERTISE_URL  tunnel URL workers dial (default "
            "http[s]://HOSTNAME:<tunnel port>)\n"
            "  BROKER_SERVER_INTERNAL_URL   HTTP URL other servers forward "
@@ -105,9 +107,10 @@ int main(int argc, char** argv) {
     if (!url.ok()) return fail(url.status());
   }
   const std::string hostname = env.Optional("HOSTNAME", "");
-  config.advertise_host = hostname.empty() ? "127.0.0.1" : hostname;
-  config.dispatcher.server_id =
-      broker::server::ServerIdFromHostname(hostname);
+  config.advertise_host =
+      env.Optional("BROKER_SERVER_ADVERTISE_HOST",
+                   hostname.empty() ? "127.0.0.1" : hostname);
+  config.dispatcher.server_id = broker::server::ServerIdFromHostname(hostname);
   config.dispatcher.health_check_link =
       absl::StrCat("http://", config.advertise_host, "/healthcheck");
   config.dispatcher.version =
