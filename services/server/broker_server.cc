@@ -10,6 +10,7 @@
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
 #include "services/server/buffered_body.h"
+#include "services/server/peer_forward.h"
 #include "services/server/relay.h"
 #include "services/server/tunnel_registry.h"
 #include "services/server/tunnel_service.h"
@@ -26,6 +27,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "nlohmann/json.hpp"
+
+#include <algorithm>
+#include <atomic>
 
 namespace broker::server {
 namespace {
@@ -215,6 +219,15 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                  "cannot reach the broker dispatcher; running without it");
       return;
     }
+    http::ClientOptions peer_options;
+    peer_options.ca_file = config_.dispatcher.ca_file;
+    auto peer_client = http::Client::Create(executor_.io(), peer_options);
+    if (!peer_client.ok()) {
+      BROKER_LOG(kServer, kError, {{"error", peer_client.status().ToString()}},
+                 "cannot forward to other servers");
+      return;
+    }
+    peer_client_ = *std::move(peer_client);
     dispatcher_ = *std::move(link);
     dispatcher_->Start();
   }
@@ -313,8 +326,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     http::Headers reply_headers = {{"snyk-request-id", request_id}};
 
     if (!registry_.HasWorkers(token_hash)) {
-      reply_headers.push_back({"x-broker-failure", "no-connection"});
-      RespondJson(*exchange, 404, {{"ok", false}}, std::move(reply_headers));
+      NoTunnelHere(std::move(exchange), token_hash, request_id);
       return;
     }
     PendingRelay pending{token_hash, std::move(url), std::move(headers),
@@ -343,6 +355,42 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                               std::move(pending));
                     }
                   });
+  }
+
+  // No worker of the token here. In HA mode another server may hold one:
+  // forward once (a forwarded request is never forwarded again).
+  void NoTunnelHere(std::shared_ptr<http::Exchange> exchange,
+                    const std::string& token_hash,
+                    const std::string& request_id) {
+    auto no_connection = [request_id](http::Exchange& e) {
+      RespondJson(e, 404, {{"ok", false}},
+                  {{"snyk-request-id", request_id},
+                   {"x-broker-failure", "no-connection"}});
+    };
+    const bool forwarded = std::any_of(
+        exchange->request().headers.begin(), exchange->request().headers.end(),
+        [](const http::Header& h) {
+          return absl::EqualsIgnoreCase(h.name, kForwardedHeader);
+        });
+    if (dispatcher_ == nullptr || forwarded) {
+      no_connection(*exchange);
+      return;
+    }
+    dispatcher_->LookupPeers(
+        token_hash, [this, exchange, request_id, no_connection](
+                        absl::StatusOr<std::vector<PeerServer>> peers) {
+          if (!peers.ok() || peers->empty()) {
+            no_connection(*exchange);
+            return;
+          }
+          // Spread over the servers holding the token, in turn.
+          const PeerServer& peer =
+              (*peers)[next_peer_.fetch_add(1, std::memory_order_relaxed) %
+                       peers->size()];
+          ForwardToPeer(*peer_client_, exchange, peer.internal_url,
+                        dispatcher_->config().server_id, request_id,
+                        absl::Now() + config_.request_timeout);
+        });
   }
 
   // A platform request between its token check and its lane.
@@ -407,6 +455,13 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
         executor_.io(), token_hash, kLaneWait,
         [this, exchange, relay = std::move(relay)](
             std::optional<TunnelRegistry::Taken> lane) mutable {
+          if (!lane && !registry_.HasWorkers(relay.token_hash)) {
+            // The token's last worker left while this waited: as if it
+            // had never been here (forwarded in HA mode, else 404).
+            NoTunnelHere(std::move(exchange), relay.token_hash,
+                         relay.request_id);
+            return;
+          }
           if (!lane) {
             RespondJson(*exchange, 503, {{"ok", false}},
                         {{"snyk-request-id", relay.request_id},
@@ -426,6 +481,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
   TunnelService tunnel_service_;
   // Set once in Start(), before the first worker can connect.
   std::unique_ptr<DispatcherLink> dispatcher_;
+  std::unique_ptr<http::Client> peer_client_;  // forwarding, with dispatcher_
+  std::atomic<std::size_t> next_peer_{0};
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
   absl::Notification drained_;

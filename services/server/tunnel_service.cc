@@ -92,12 +92,12 @@ class ControlReactor final
   void OnDone() override {
     if (registered_) {
       service_.Untrack(this);
+      TunnelRegistry::Removed removed = registry_.RemoveWorker(
+          identity_.token_hash, identity_.client_id, serial_);
       BROKER_LOG(kServer, kInfo,
                  {{"hashed_token", identity_.token_hash},
                   {"client_id", identity_.client_id}},
                  "broker client disconnected");
-      TunnelRegistry::Removed removed = registry_.RemoveWorker(
-          identity_.token_hash, identity_.client_id, serial_);
       for (auto& lane : removed.parked) {
         lane->Close(absl::UnavailableError("the worker's tunnel closed"));
       }
