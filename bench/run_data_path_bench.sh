@@ -64,61 +64,10 @@ fi
 ulimit -n "${want}" 2>/dev/null || true
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/broker-data-path-bench.XXXXXX")"
-pids=()
-
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "${pid}" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "${pid}" 2>/dev/null || true
-    wait "${pid}" 2>/dev/null || true
-  done
-  if [ -n "${KEEP_LOGS:-}" ]; then
-    echo "logs and results kept in ${work}"
-  else
-    rm -rf "${work}"
-  fi
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
-
-die() {
-  echo "run_data_path_bench: $*" >&2
-  exit 1
-}
-
-# wait_for FILE PATTERN SECONDS: prints the first line of FILE matching the
-# extended regex PATTERN, waiting for it.
-wait_for() {
-  local file="$1" pattern="$2" deadline=$((SECONDS + $3)) line
-  while [ "${SECONDS}" -lt "${deadline}" ]; do
-    line="$(grep -E -m1 "${pattern}" "${file}" 2>/dev/null || true)"
-    if [ -n "${line}" ]; then
-      echo "${line}"
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "--- ${file}:" >&2
-  tail -n 20 "${file}" >&2 || true
-  die "timed out waiting for /${pattern}/ in ${file}"
-}
-
-# num JSON KEY: the first number stored under "KEY" in a JSON line.
-num() {
-  local value
-  value="$(grep -o "\"$2\":[-0-9.eE+]*" <<<"$1" | head -n1 | cut -d: -f2)"
-  echo "${value:-0}"
-}
-
-# calc EXPRESSION: floating-point arithmetic.
-calc() { awk "BEGIN { printf \"%.6g\", ($1) }"; }
-
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # Where the memory of the main pair stands between scenarios.
 show_rss() {
