@@ -11,6 +11,7 @@
 #include "common/uuid.h"
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
+#include "services/tunnel/ha_assignment.h"
 
 #include "broker/tunnel/v1/tunnel.grpc.pb.h"
 
@@ -101,6 +102,7 @@ class Worker final : public BrokerTunnel {
         rules_(std::move(rules)),
         resolver_(config_.variables),
         client_id_(common::NewUuid()),
+        server_url_(config_.server_url),
         reconnect_timer_(executor_.io()) {}
 
   // Creates the origin client (needs the executor).
@@ -120,20 +122,30 @@ class Worker final : public BrokerTunnel {
   void Shutdown(absl::Time deadline) override;
   bool Connected() const override {
     absl::MutexLock lock(&mu_);
-    return connected_;
+    // Moving to a new server, the old tunnel still serves.
+    return connected_ || leaving_control_ != nullptr;
   }
 
   // Called by lanes and the control call (any thread).
   void OnLaneTaken() ABSL_LOCKS_EXCLUDED(mu_);
   // A lane finished an exchange cleanly: true when the pool wants it idle
   // again (it then counts as idle), false when it should end.
-  bool KeepIdleLane() ABSL_LOCKS_EXCLUDED(mu_);
+  bool KeepIdleLane(int generation) ABSL_LOCKS_EXCLUDED(mu_);
   // Undoes KeepIdleLane() for a lane whose call ended before it parked.
   void ForgetIdleLane() ABSL_LOCKS_EXCLUDED(mu_);
   void OnLaneDone(bool was_idle) ABSL_LOCKS_EXCLUDED(mu_);
-  void OnControlUp() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnControlUp(const ControlCall* call) ABSL_LOCKS_EXCLUDED(mu_);
   void OnControlDown(const ControlCall* call, const grpc::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The server asked this worker to move (it is stopping).
+  void OnDrain(const ControlCall* call, const std::string& reason)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The tunnel generation lanes are opened in; a lane of an older one (the
+  // server this worker moved away from) ends after its request.
+  int generation() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return generation_;
+  }
 
   filters::RuleSetHolder& rules() { return rules_; }
   const filters::OriginResolver& resolver() const { return resolver_; }
@@ -156,12 +168,16 @@ class Worker final : public BrokerTunnel {
   void ScheduleReconnect() ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<ServeLane>> LiveLanes() ABSL_LOCKS_EXCLUDED(mu_);
   void HandleLocal(std::shared_ptr<http::Exchange> exchange);
-  std::shared_ptr<grpc::Channel> MakeChannel() const;
+  std::shared_ptr<grpc::Channel> MakeChannel(const std::string& url) const;
+  // HA mode: a new assignment from broker-ha-agent (watcher thread).
+  void Reassign(const ha::v1::Assignment& assignment) ABSL_LOCKS_EXCLUDED(mu_);
+  void Report(ha::v1::ReportRequest::TunnelState state,
+              const std::string& detail) ABSL_LOCKS_EXCLUDED(mu_);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return active_requests_ == 0;
   }
   bool ControlEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return control_ == nullptr;
+    return control_ == nullptr && leaving_control_ == nullptr;
   }
   bool AllLanesEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return lanes_alive_ == 0;
@@ -173,17 +189,29 @@ class Worker final : public BrokerTunnel {
   filters::OriginResolver resolver_;
   std::unique_ptr<http::Client> client_;
   std::unique_ptr<SystemCheck> systemcheck_;  // calls through client_
-  const std::string client_id_;
   std::unique_ptr<http::Server> http_server_;
-  boost::asio::steady_timer reconnect_timer_;
-
-  // Set in Start(), before any call, and reset in Shutdown() after the
-  // last one ended.
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Tunnel::Stub> stub_;
+  std::unique_ptr<AssignmentWatcher> watcher_;  // HA mode only
 
   mutable absl::Mutex mu_;
+  // The tunnel: where it goes and as whom. Fixed without HA; in HA mode
+  // each new assignment replaces them (and bumps generation_).
+  std::string client_id_ ABSL_GUARDED_BY(mu_);
+  std::string server_url_ ABSL_GUARDED_BY(mu_);
+  std::string server_id_ ABSL_GUARDED_BY(mu_);
+  std::optional<ha::v1::Assignment> assignment_ ABSL_GUARDED_BY(mu_);
+  int generation_ ABSL_GUARDED_BY(mu_) = 0;
+  boost::asio::steady_timer reconnect_timer_;
+  // Set in Start() (HA: at the first assignment), before any call. Channels
+  // of earlier assignments stay alive while their last calls end.
+  std::shared_ptr<grpc::Channel> channel_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<v1::Tunnel::Stub> stub_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::shared_ptr<grpc::Channel>,
+                       std::shared_ptr<v1::Tunnel::Stub>>>
+      retired_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<ControlCall> control_ ABSL_GUARDED_BY(mu_);
+  // The previous assignment's Control, kept until the new one is welcomed
+  // ("connect, then let the old tunnel go").
+  std::shared_ptr<ControlCall> leaving_control_ ABSL_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<ServeLane>> lanes_ ABSL_GUARDED_BY(mu_);
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -222,7 +250,8 @@ class ControlCall final
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows with the status
-    if (in_.has_welcome()) worker_.OnControlUp();
+    if (in_.has_welcome()) worker_.OnControlUp(this);
+    if (in_.has_drain()) worker_.OnDrain(this, in_.drain().reason());
     if (in_.has_ping()) {
       // Pongs are best effort: skip one while the previous write is busy.
       bool expected = false;
@@ -272,8 +301,9 @@ class ServeLane final
  public:
   static std::shared_ptr<ServeLane> Open(Worker& worker, v1::Tunnel::Stub& stub,
                                          const std::string& token,
-                                         const std::string& client_id) {
-    auto lane = std::shared_ptr<ServeLane>(new ServeLane(worker));
+                                         const std::string& client_id,
+                                         int generation) {
+    auto lane = std::shared_ptr<ServeLane>(new ServeLane(worker, generation));
     lane->self_ = lane;
     lane->context_.AddMetadata("authorization", "Bearer " + token);
     lane->context_.AddMetadata("x-broker-client-id", client_id);
@@ -289,6 +319,13 @@ class ServeLane final
 
   // Ends a parked lane (shutdown).
   void Cancel() { context_.TryCancel(); }
+  // Ends the lane if it waits for a request (a tunnel being left); a lane
+  // serving one finishes it first and then ends by itself.
+  void CancelIfParked() {
+    absl::MutexLock lock(&mu_);
+    if (state_ == State::kParked) context_.TryCancel();
+  }
+  int generation() const { return generation_; }
 
   void OnReadDone(bool ok) override {
     State state;
@@ -428,7 +465,8 @@ class ServeLane final
   // kEnding: the answer ended and the lane will not be kept.
   enum class State { kParked, kActive, kWatching, kEnding, kDone };
 
-  explicit ServeLane(Worker& worker) : worker_(worker) {}
+  ServeLane(Worker& worker, int generation)
+      : worker_(worker), generation_(generation) {}
 
   // Queues a write; `then` runs when it completed (ok=false: call broken).
   // Operations start under mu_, and only before Release() removed the hold
@@ -471,7 +509,7 @@ class ServeLane final
     }
     // Reserves an idle slot in the worker's pool; given back below if the
     // call ended meanwhile.
-    if (keep) keep = worker_.KeepIdleLane();
+    if (keep) keep = worker_.KeepIdleLane(generation_);
     bool give_back = false;
     {
       absl::MutexLock lock(&mu_);
@@ -761,6 +799,7 @@ class ServeLane final
   }
 
   Worker& worker_;
+  const int generation_;  // of the tunnel this lane belongs to
   std::shared_ptr<ServeLane> self_;
   grpc::ClientContext context_;
   v1::ServeDown in_;
@@ -787,8 +826,9 @@ class ServeLane final
 
 // --- Worker ------------------------------------------------------------------
 
-std::shared_ptr<grpc::Channel> Worker::MakeChannel() const {
-  absl::StatusOr<common::Url> url = common::ParseHttpUrl(config_.server_url);
+std::shared_ptr<grpc::Channel> Worker::MakeChannel(
+    const std::string& server_url) const {
+  absl::StatusOr<common::Url> url = common::ParseHttpUrl(server_url);
   const std::string target = absl::StrCat(url->host, ":", url->port);
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       grpc::InsecureChannelCredentials();
@@ -819,8 +859,11 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel() const {
 }
 
 absl::StatusOr<int> Worker::Start() {
-  channel_ = MakeChannel();
-  stub_ = v1::Tunnel::NewStub(channel_);
+  if (config_.ha_agent_address.empty()) {
+    absl::MutexLock lock(&mu_);
+    channel_ = MakeChannel(server_url_);
+    stub_ = v1::Tunnel::NewStub(channel_);
+  }
   http::ServerOptions options;
   options.address = config_.address;
   options.port = config_.http_port;
@@ -831,14 +874,90 @@ absl::StatusOr<int> Worker::Start() {
                              HandleLocal(std::move(exchange));
                            }));
   BROKER_ASSIGN_OR_RETURN(int port, http_server_->Start());
-  Connect();
+  if (config_.ha_agent_address.empty()) {
+    Connect();
+    return port;
+  }
+  // HA mode: broker-ha-agent says where to connect, and as which client.
+  AssignmentWatcherOptions watch;
+  watch.agent_address = config_.ha_agent_address;
+  BROKER_ASSIGN_OR_RETURN(
+      watcher_,
+      AssignmentWatcher::Create(
+          watch, [this](const ha::v1::Assignment& a) { Reassign(a); }));
+  BROKER_LOG(kTunnel, kInfo, {{"agent", config_.ha_agent_address}},
+             "waiting for a server assignment from the HA agent");
   return port;
 }
 
+void Worker::Reassign(const ha::v1::Assignment& assignment) {
+  if (assignment.state() == ha::v1::Assignment::WAITING) {
+    BROKER_LOG(kTunnel, kInfo, {{"detail", assignment.detail()}},
+               "no broker server assigned yet; waiting");
+    return;
+  }
+  absl::StatusOr<TunnelEndpoint> endpoint = EndpointFor(assignment);
+  if (!endpoint.ok()) {
+    BROKER_LOG(kTunnel, kWarn, {{"error", endpoint.status().ToString()}},
+               "unusable assignment from the HA agent");
+    return;
+  }
+  std::shared_ptr<ControlCall> leaving;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    if (assignment_ && SameTunnel(*assignment_, assignment)) return;
+    assignment_ = assignment;
+    // Connect to the new server first; the old tunnel serves until then.
+    if (channel_) {
+      retired_.emplace_back(std::move(channel_), std::move(stub_));
+      if (retired_.size() > 4) retired_.pop_front();
+    }
+    server_url_ = endpoint->server_url;
+    server_id_ = endpoint->server_id;
+    if (!endpoint->client_id.empty()) client_id_ = endpoint->client_id;
+    channel_ = MakeChannel(server_url_);
+    stub_ = v1::Tunnel::NewStub(channel_);
+    ++generation_;
+    if (control_) {
+      leaving = std::move(leaving_control_);  // a move that never finished
+      leaving_control_ = std::move(control_);
+    }
+    connected_ = false;
+    backoff_ = kBackoffFirst;
+    reconnect_timer_.cancel();
+  }
+  if (leaving) leaving->Cancel();
+  Connect();
+}
+
+void Worker::Report(ha::v1::ReportRequest::TunnelState state,
+                    const std::string& detail) {
+  if (watcher_ == nullptr) return;
+  std::string server_id;
+  {
+    absl::MutexLock lock(&mu_);
+    server_id = server_id_;
+  }
+  watcher_->Report(state, server_id, detail);
+}
+
 void Worker::Connect() {
+  std::string client_id;
+  std::string server_url;
+  std::string server_id;
+  std::shared_ptr<v1::Tunnel::Stub> stub;
+  {
+    absl::MutexLock lock(&mu_);
+    client_id = client_id_;
+    server_url = server_url_;
+    server_id = server_id_;
+    stub = stub_;
+  }
   v1::WorkerControl hello;
   v1::Hello* h = hello.mutable_hello();
-  h->set_client_id(client_id_);
+  h->set_client_id(client_id);
+  h->set_server_id(server_id);
   h->set_role("primary");
   h->set_version(config_.version);
   h->add_capabilities("lanes");
@@ -846,32 +965,68 @@ void Worker::Connect() {
   h->set_client_url(config_.client_url);
   h->set_rules_digest(rules_.Current()->digest());
   h->set_lane_pool_size(static_cast<uint32_t>(config_.lanes));
-  BROKER_LOG(kTunnel, kInfo,
-             {{"url", config_.server_url},
-              {"serverId", ""},
-              {"client_id", client_id_}},
-             "broker client is connecting to broker server");
-  auto control = std::make_shared<ControlCall>(*this, *stub_, config_.token,
-                                               client_id_, std::move(hello));
+  BROKER_LOG(
+      kTunnel, kInfo,
+      {{"url", server_url}, {"serverId", server_id}, {"client_id", client_id}},
+      "broker client is connecting to broker server (url={}, "
+      "serverId={})",
+      server_url, server_id);
+  Report(ha::v1::ReportRequest::CONNECTING, "");
+  auto control = std::make_shared<ControlCall>(*this, *stub, config_.token,
+                                               client_id, std::move(hello));
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_) return;
+    if (stopping_ || stub != stub_) return;  // stopped, or reassigned
     control_ = control;
   }
   control->Begin(control);
 }
 
-void Worker::OnControlUp() {
+void Worker::OnControlUp(const ControlCall* call) {
+  std::shared_ptr<ControlCall> leaving;
+  std::vector<std::shared_ptr<ServeLane>> old_lanes;
+  std::string server_url;
   {
     absl::MutexLock lock(&mu_);
+    if (call != control_.get()) return;  // a call being left behind
     connected_ = true;
     backoff_ = kBackoffFirst;
+    server_url = server_url_;
+    // The new tunnel is up: now let the old one go. Its parked lanes end
+    // now, the ones serving a request after it.
+    leaving = leaving_control_;
+    if (leaving) {
+      for (const auto& weak : lanes_) {
+        auto lane = weak.lock();
+        if (lane && lane->generation() != generation_) {
+          old_lanes.push_back(std::move(lane));
+        }
+      }
+    }
   }
-  BROKER_LOG(kTunnel, kInfo,
-             {{"url", config_.server_url},
-              {"hashed_token", common::HashToken(config_.token)}},
-             "tunnel connected to the broker server");
+  BROKER_LOG(
+      kTunnel, kInfo,
+      {{"url", server_url}, {"hashed_token", common::HashToken(config_.token)}},
+      "tunnel connected to the broker server");
+  Report(ha::v1::ReportRequest::CONNECTED, "");
   OpenLanes();
+  for (const auto& lane : old_lanes) lane->CancelIfParked();
+  if (leaving) leaving->Cancel();
+}
+
+void Worker::OnDrain(const ControlCall* call, const std::string& reason) {
+  bool current = false;
+  {
+    absl::MutexLock lock(&mu_);
+    current = call == control_.get();
+  }
+  if (!current) return;
+  BROKER_LOG(kTunnel, kInfo, {{"reason", reason}, {"ha", watcher_ != nullptr}},
+             "the broker server asked this client to move");
+  // With HA the agent finds another server and the move follows its new
+  // assignment; without, the tunnel stays until the server closes it and
+  // then reconnects as usual.
+  Report(ha::v1::ReportRequest::DRAINING, reason);
 }
 
 int Worker::ReserveLanesLocked() {
@@ -899,10 +1054,20 @@ void Worker::OpenLanes() {
 // concurrent Shutdown() waits for them.
 void Worker::OpenReserved(int count) {
   if (count <= 0) return;
+  std::shared_ptr<v1::Tunnel::Stub> stub;
+  std::string client_id;
+  int generation = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    stub = stub_;
+    client_id = client_id_;
+    generation = generation_;
+  }
   std::vector<std::shared_ptr<ServeLane>> opened;
   opened.reserve(count);
   for (int i = 0; i < count; ++i) {
-    opened.push_back(ServeLane::Open(*this, *stub_, config_.token, client_id_));
+    opened.push_back(
+        ServeLane::Open(*this, *stub, config_.token, client_id, generation));
   }
   absl::MutexLock lock(&mu_);
   lanes_.erase(std::remove_if(lanes_.begin(), lanes_.end(),
@@ -933,9 +1098,9 @@ void Worker::OnLaneTaken() {
   OpenLanes();
 }
 
-bool Worker::KeepIdleLane() {
+bool Worker::KeepIdleLane(int generation) {
   absl::MutexLock lock(&mu_);
-  if (!connected_ || stopping_ ||
+  if (!connected_ || stopping_ || generation != generation_ ||
       idle_lanes_ + active_requests_ > LaneTargetLocked()) {
     return false;
   }
@@ -972,9 +1137,17 @@ void Worker::OnLaneDone(bool was_idle) {
 
 void Worker::OnControlDown(const ControlCall* call,
                            const grpc::Status& status) {
+  std::string server_url;
   {
     absl::MutexLock lock(&mu_);
+    if (call == leaving_control_.get()) {
+      // The tunnel this worker moved away from: nothing to reconnect.
+      leaving_control_.reset();
+      return;
+    }
+    if (call != control_.get()) return;  // replaced before it ever started
     connected_ = false;
+    server_url = server_url_;
     if (stopping_) {
       control_.reset();
       return;
@@ -984,8 +1157,9 @@ void Worker::OnControlDown(const ControlCall* call,
       status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
       status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
       status.error_code() == grpc::StatusCode::UNAUTHENTICATED;
+  Report(ha::v1::ReportRequest::DISCONNECTED, status.error_message());
   BROKER_LOG(kTunnel, kWarn,
-             {{"url", config_.server_url},
+             {{"url", server_url},
               {"grpc_status", static_cast<int>(status.error_code())},
               {"error", status.error_message()}},
              refused ? "the broker server refused this client; retrying"
@@ -1033,9 +1207,14 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
   }
   if (path == config_.healthcheck_path && request.method == "GET") {
     const bool up = Connected();
+    std::string server_url;
+    {
+      absl::MutexLock lock(&mu_);
+      server_url = server_url_;
+    }
     respond(up ? 200 : 500, {{"ok", up},
                              {"websocketConnectionOpen", up},
-                             {"brokerServerUrl", config_.server_url},
+                             {"brokerServerUrl", server_url},
                              {"version", config_.version},
                              {"transport", "grpc"}});
     return;
@@ -1072,23 +1251,29 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
 }
 
 void Worker::Shutdown(absl::Time deadline) {
+  // No assignment arrives after this returns.
+  if (watcher_) watcher_->Shutdown();
   std::shared_ptr<ControlCall> control;
+  std::shared_ptr<ControlCall> leaving;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     connected_ = false;
     control = control_;
+    leaving = leaving_control_;
     reconnect_timer_.cancel();
   }
+  if (leaving) leaving->Cancel();
   if (http_server_) http_server_->Shutdown(deadline);
   {
     // In-flight requests finish first.
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithDeadline(absl::Condition(this, &Worker::Idle), deadline);
   }
-  if (control) {
-    control->Cancel();
+  if (control || leaving) {
+    if (control) control->Cancel();
     control.reset();
+    leaving.reset();
     // Its OnDone calls back into this worker: wait for it.
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithDeadline(absl::Condition(this, &Worker::ControlEnded),

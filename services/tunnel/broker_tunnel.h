@@ -20,6 +20,9 @@ struct TunnelConfig {
   std::string accept_path;  // ACCEPT: private rules choose the origin
   std::string client_url;   // BROKER_CLIENT_URL
   std::string ca_file;      // CA_CERT: extra trust for origins and server
+  // BROKER_HA_AGENT_ADDR (host:port): HA mode; the agent assigns the server
+  // (server_url is then only the fallback the agent itself uses).
+  std::string ha_agent_address;
   std::string address = "0.0.0.0";
   int http_port = 8000;  // PORT: /healthcheck, /systemcheck, /filters
   // BROKER_TUNNEL_LANES: the fewest idle lanes kept parked; the pool grows

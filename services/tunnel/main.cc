@@ -55,6 +55,10 @@ int main(int argc, char** argv) {
            "  BROKER_CLIENT_VALIDATION_BASIC_AUTH[_POOL]  user:pass to "
            "validate\n"
            "                        (used when no header is set)\n"
+           "  BROKER_HA_MODE_ENABLED  true: HA mode, the server comes from "
+           "broker-ha-agent\n"
+           "  BROKER_HA_AGENT_ADDR  host:port of the agent (default "
+           "127.0.0.1:7343 in HA mode)\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n"
            "  any other variable    available to ${VAR} in accept rules\n";
     return 0;
@@ -78,6 +82,12 @@ int main(int argc, char** argv) {
   if (!port.ok()) return fail(port.status());
   config.http_port = *port;
   config.client_url = env.Optional("BROKER_CLIENT_URL", "");
+  auto ha = env.Bool("BROKER_HA_MODE_ENABLED", false);
+  if (!ha.ok()) return fail(ha.status());
+  config.ha_agent_address = env.Optional("BROKER_HA_AGENT_ADDR", "");
+  if (*ha && config.ha_agent_address.empty()) {
+    config.ha_agent_address = "127.0.0.1:7343";
+  }
   config.ca_file = env.Optional("CA_CERT", "");
   if (!absl::SimpleAtoi(env.Optional("BROKER_TUNNEL_LANES", "1"),
                         &config.lanes)) {
