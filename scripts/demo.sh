@@ -2,25 +2,30 @@
 # Sets everything up, builds, and demonstrates what is built so far: a
 # platform request relayed broker-server -> gRPC tunnel -> broker-tunnel ->
 # origin on loopback, the accept-rule engine deciding real requests against
-# Snyk's GitHub template, and `broker-filter lint` reporting risky rules.
-# (The HA mesh, git and webhooks join this demonstration as they land.)
+# Snyk's GitHub template, `broker-filter lint` reporting risky rules, and
+# HA mode: dispatcher, two servers, the agent and three workers, with a
+# server's SIGTERM moving its workers. (Webhooks join as they land.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
-bold "1/4 Installing packages (Debian 12)"
+bold "1/5 Installing packages (Debian 12)"
 scripts/setup.sh
 
-bold "2/4 Building (build/release; the first build takes a few minutes)"
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBROKER_BENCH=OFF >/dev/null
+bold "2/5 Building (build/release; the first build takes a few minutes)"
+cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBROKER_BENCH=ON >/dev/null
 cmake --build build/release -j "$(nproc)" --target broker_filter \
-  broker_server_bin broker_tunnel_bin test_origin_bin
+  broker_server_bin broker_tunnel_bin broker_dispatcher_bin \
+  broker_ha_agent_bin test_origin_bin load_gen
 
-bold "3/4 A platform request through the tunnel (all on 127.0.0.1)"
+bold "3/5 A platform request through the tunnel (all on 127.0.0.1)"
 scripts/demo_tunnel.sh build/release
 
-bold "4/4 Deciding requests with Snyk's GitHub template (tests/fixtures/accept-templates/github-com.json)"
+bold "4/5 HA mode: a dispatcher, two servers, the agent, three workers"
+scripts/demo_ha.sh build/release
+
+bold "5/5 Deciding requests with Snyk's GitHub template (tests/fixtures/accept-templates/github-com.json)"
 filter=build/release/filters/broker-filter
 accept=tests/fixtures/accept-templates/github-com.json
 export GITHUB_TOKEN=ghp_demo_token GITHUB_API=api.github.com GITHUB_RAW=raw.githubusercontent.com

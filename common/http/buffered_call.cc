@@ -33,8 +33,8 @@ struct Collector {
 
 void ReadNext(std::unique_ptr<Collector> collector) {
   BodyReader& reader = *collector->reader;
-  reader.Read([collector = std::move(collector)](absl::Status status,
-                                                 BodyChunk chunk) mutable {
+  reader.Read([collector = std::move(collector)](
+                  absl::Status status, const BodyChunk& chunk) mutable {
     if (!status.ok()) {
       std::move(collector->done)(std::move(status));
       return;

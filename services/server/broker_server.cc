@@ -326,7 +326,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     http::Headers reply_headers = {{"snyk-request-id", request_id}};
 
     if (!registry_.HasWorkers(token_hash)) {
-      NoTunnelHere(std::move(exchange), token_hash, request_id);
+      NoTunnelHere(exchange, token_hash, request_id);
       return;
     }
     PendingRelay pending{token_hash, std::move(url), std::move(headers),
@@ -359,7 +359,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
 
   // No worker of the token here. In HA mode another server may hold one:
   // forward once (a forwarded request is never forwarded again).
-  void NoTunnelHere(std::shared_ptr<http::Exchange> exchange,
+  void NoTunnelHere(const std::shared_ptr<http::Exchange>& exchange,
                     const std::string& token_hash,
                     const std::string& request_id) {
     auto no_connection = [request_id](http::Exchange& e) {
@@ -458,8 +458,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
           if (!lane && !registry_.HasWorkers(relay.token_hash)) {
             // The token's last worker left while this waited: as if it
             // had never been here (forwarded in HA mode, else 404).
-            NoTunnelHere(std::move(exchange), relay.token_hash,
-                         relay.request_id);
+            NoTunnelHere(exchange, relay.token_hash, relay.request_id);
             return;
           }
           if (!lane) {

@@ -43,6 +43,8 @@ DispatcherLink::DispatcherLink(boost::asio::io_context& io,
                                std::unique_ptr<http::Client> client)
     : config_(std::move(config)), client_(std::move(client)), timer_(io) {}
 
+// cancel() throws only on a broken reactor, which is fatal anyway.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 DispatcherLink::~DispatcherLink() {
   absl::MutexLock lock(&mu_);
   stopped_ = true;

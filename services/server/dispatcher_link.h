@@ -57,7 +57,7 @@ class DispatcherLink {
   // Null when config.url is empty (no dispatcher: every call is a no-op).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<DispatcherLink>> Create(
       boost::asio::io_context& io, DispatcherConfig config);
-  ~DispatcherLink();
+  ~DispatcherLink();  // NOLINT(bugprone-exception-escape): see the .cc
 
   const DispatcherConfig& config() const { return config_; }
 

@@ -64,7 +64,7 @@ class AnswerPump final : public std::enable_shared_from_this<AnswerPump> {
       return;
     }
     auto self = shared_from_this();
-    body_->Read([self](absl::Status status, http::BodyChunk chunk) {
+    body_->Read([self](const absl::Status& status, http::BodyChunk chunk) {
       if (!status.ok()) {
         self->writer_->Abort();  // the peer's answer broke: cut it short
         return;

@@ -15,8 +15,8 @@
 #include "nlohmann/json.hpp"
 
 #include <atomic>
+#include <csignal>
 #include <iostream>
-#include <signal.h>
 #include <string>
 #include <thread>
 #include <vector>
@@ -83,7 +83,7 @@ class HaServerTest : public ::testing::Test {
 
   // Starts a worker without waiting for its tunnel; returns its HTTP port.
   absl::StatusOr<std::unique_ptr<ChildProcess>> StartUnadmitted(
-      const std::string& accept, int* http_port) {
+      const std::string& accept, int* http_port) const {
     auto process = ChildProcess::Start(
         BROKER_TUNNEL_BIN, {},
         {{"BROKER_TOKEN", kToken},
@@ -192,7 +192,7 @@ TEST_F(HaServerTest, FifthWorkerIsRefusedUntilASlotFrees) {
                                          "/connection-status/", kToken));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(status->status, 200);
-  EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 4u);
+  EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 4U);
 
   // One of the four leaves: the fifth gets in on its next attempt.
   workers_[0].process->Signal(SIGKILL);
@@ -228,6 +228,7 @@ TEST_F(HaServerTest, RequestsSpreadEvenlyOverFourWorkers) {
   constexpr int kPerThread = 500;
   std::atomic<int> failed{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       Fetcher fetcher;

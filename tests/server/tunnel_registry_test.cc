@@ -54,7 +54,7 @@ TEST(TunnelRegistryTest, CapsDistinctWorkersPerToken) {
   EXPECT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
   // Another token has its own slots.
   EXPECT_THAT(registry.AddWorker("other", Worker("c")).status(), IsOk());
-  EXPECT_EQ(registry.Workers(kToken).size(), 2u);
+  EXPECT_EQ(registry.Workers(kToken).size(), 2U);
 }
 
 TEST(TunnelRegistryTest, ZeroMeansNoCap) {
@@ -123,7 +123,7 @@ TEST(TunnelRegistryTest, SpreadsOverTheLeastLoadedWorkerThenRoundRobin) {
   std::set<std::string> first_round;
   for (int i = 0; i < 3; ++i)
     first_round.insert(registry.Take(kToken)->client_id);
-  EXPECT_EQ(first_round.size(), 3u);
+  EXPECT_EQ(first_round.size(), 3U);
   // b finishes: it is now the least loaded and gets the next request.
   registry.Release(kToken, "b");
   EXPECT_EQ(registry.Take(kToken)->client_id, "b");

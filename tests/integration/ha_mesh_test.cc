@@ -1,0 +1,269 @@
+// HA mode end to end with real processes on loopback: broker-dispatcher,
+// two broker-servers registered with it, one broker-ha-agent and two
+// broker-tunnel workers that take their server from the agent. Checks the
+// documented log lines, that each server relays through the worker placed
+// on it, and that a server's SIGTERM moves its worker to the other server
+// while GETs keep succeeding.
+
+#include "tests/integration/http_fetch.h"
+#include "tests/integration/mesh.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+#include <atomic>
+#include <csignal>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace broker::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kToken[] = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+class HaMeshTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto origin = StartOrigin(&origin_port_);
+    ASSERT_TRUE(origin.ok()) << origin.status();
+    origin_ = *std::move(origin);
+    server_accept_ = dir_.Write("server-accept.json", R"json({"public": [
+      {"method": "GET", "path": "/bytes/:n"}]})json");
+    client_accept_ = dir_.Write(
+        "client-accept.json",
+        absl::StrCat(
+            R"json({"private": [{"method": "GET", "path": "/bytes/:n", "origin": "http://127.0.0.1:)json",
+            origin_port_, R"json("}]})json"));
+
+    auto dispatcher = ChildProcess::Start(
+        BROKER_DISPATCHER_BIN, {}, {{"PORT", "0"}, {"LOG_LEVEL", "info"}});
+    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+    dispatcher_ = *std::move(dispatcher);
+    auto line = dispatcher_->WaitForLine("broker-dispatcher listening", kWait);
+    ASSERT_TRUE(line.ok()) << line.status();
+    auto port = JsonInt(*line, "port");
+    ASSERT_TRUE(port.ok()) << port.status();
+    dispatcher_url_ = absl::StrCat("http://127.0.0.1:", *port);
+
+    for (int id = 0; id < 2; ++id) {
+      auto server = StartServer(
+          server_accept_, {{"DISPATCHER_URL", dispatcher_url_},
+                           {"HOSTNAME", absl::StrCat("broker-server-", id)},
+                           {"BROKER_SERVER_ADVERTISE_HOST", "127.0.0.1"},
+                           {"BROKER_DRAIN_WAIT_MS", "10000"}});
+      ASSERT_TRUE(server.ok()) << server.status();
+      servers_.push_back(*std::move(server));
+    }
+    // Both registered before the first allocation, so placement can
+    // spread the two workers: the servers register asynchronously, so the
+    // test sends the same registrations itself and waits for the answers.
+    for (int id = 0; id < 2; ++id) {
+      auto r = fetcher_.Fetch(
+          "POST", absl::StrCat(dispatcher_url_, "/internal/brokerservers/", id),
+          {{"content-type", "application/vnd.api+json"}},
+          absl::StrCat(
+              R"({"data":{"attributes":{"tunnel_url":"http://127.0.0.1:)",
+              servers_[id].tunnel_port,
+              R"(","internal_url":"http://127.0.0.1:)", servers_[id].http_port,
+              R"("}}})"));
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_LT(r->status, 300) << r->body;
+    }
+
+    auto agent =
+        ChildProcess::Start(BROKER_HA_AGENT_BIN, {},
+                            {{"BROKER_TOKEN", kToken},
+                             {"BROKER_HA_MODE_ENABLED", "true"},
+                             {"BROKER_DISPATCHER_BASE_URL", dispatcher_url_},
+                             {"BROKER_HA_AGENT_PORT", "0"},
+                             {"ACCEPT", client_accept_},
+                             {"BROKER_CLIENT_URL", "http://worker:8000"},
+                             {"LOG_LEVEL", "info"}});
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    agent_ = *std::move(agent);
+    auto agent_line = agent_->WaitForLine("broker-ha-agent listening", kWait);
+    ASSERT_TRUE(agent_line.ok()) << agent_line.status();
+    auto agent_port = JsonInt(*agent_line, "port");
+    ASSERT_TRUE(agent_port.ok()) << agent_port.status();
+    agent_address_ = absl::StrCat("127.0.0.1:", *agent_port);
+
+    for (int i = 0; i < 2; ++i) {
+      auto worker = ChildProcess::Start(
+          BROKER_TUNNEL_BIN, {},
+          {{"BROKER_TOKEN", kToken},
+           {"BROKER_HA_MODE_ENABLED", "true"},
+           {"BROKER_HA_AGENT_ADDR", agent_address_},
+           // Only the agent's fallback; the assignment says where to go.
+           {"BROKER_SERVER_URL", "http://127.0.0.1:1"},
+           {"ACCEPT", client_accept_},
+           {"BROKER_CLIENT_URL", "http://worker:8000"},
+           {"PORT", "0"},
+           {"LOG_LEVEL", "info"}});
+      ASSERT_TRUE(worker.ok()) << worker.status();
+      auto lines = (*worker)->WaitForLines(
+          {"broker-tunnel listening", "tunnel connected to the broker server"},
+          kWait);
+      ASSERT_TRUE(lines.ok()) << lines.status();
+      auto http_port = JsonInt(lines->front(), "port");
+      ASSERT_TRUE(http_port.ok()) << http_port.status();
+      worker_ports_.push_back(*http_port);
+      workers_.push_back(*std::move(worker));
+    }
+    // One worker on each server (the dispatcher spreads a token's clients).
+    for (auto& server : servers_) {
+      ASSERT_TRUE(
+          server.process->WaitForLine("broker client connected", kWait).ok());
+    }
+  }
+
+  void TearDown() override {
+    if (!HasFailure()) return;
+    PrintOutput("broker-dispatcher", dispatcher_.get());
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+      PrintOutput(absl::StrCat("broker-server ", i), servers_[i].process.get());
+    }
+    PrintOutput("broker-ha-agent", agent_.get());
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      PrintOutput(absl::StrCat("broker-tunnel ", i), workers_[i].get());
+    }
+  }
+
+  std::string BrokerUrl(int server, absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", servers_[server].http_port,
+                        "/broker/", kToken, path);
+  }
+
+  TempDir dir_;
+  Fetcher fetcher_;
+  int origin_port_ = 0;
+  std::unique_ptr<ChildProcess> origin_;
+  std::string server_accept_;
+  std::string client_accept_;
+  std::unique_ptr<ChildProcess> dispatcher_;
+  std::string dispatcher_url_;
+  std::vector<ServerProcess> servers_;
+  std::unique_ptr<ChildProcess> agent_;
+  std::string agent_address_;
+  std::vector<std::unique_ptr<ChildProcess>> workers_;
+  std::vector<int> worker_ports_;
+
+  // The worker whose tunnel goes to `server`, from its /healthcheck.
+  int WorkerOn(int server) {
+    const std::string url =
+        absl::StrCat("http://127.0.0.1:", servers_[server].tunnel_port);
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      auto r = fetcher_.Fetch(
+          "GET",
+          absl::StrCat("http://127.0.0.1:", worker_ports_[i], "/healthcheck"));
+      if (r.ok() && absl::StrContains(r->body, url)) return static_cast<int>(i);
+    }
+    return -1;
+  }
+};
+
+TEST_F(HaMeshTest, LogsTheDocumentedLinesAndServesThroughBothServers) {
+  EXPECT_THAT(agent_->Output(),
+              HasSubstr("checking for HA mode (enabled=true)"));
+  EXPECT_THAT(agent_->Output(), HasSubstr("received server id (serverId="));
+  for (auto& worker : workers_) {
+    EXPECT_THAT(worker->Output(),
+                HasSubstr("broker client is connecting to broker server "
+                          "(url=http://127.0.0.1:"));
+  }
+  // The two workers were placed on distinct servers: each relays.
+  for (int server = 0; server < 2; ++server) {
+    auto r = fetcher_.Fetch("GET", BrokerUrl(server, "/bytes/100"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << "server " << server << ": " << r->body;
+  }
+}
+
+TEST_F(HaMeshTest, ServerSigtermMovesItsWorkerAndNoGetFails) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0};
+  std::atomic<int> failed{0};
+  absl::Mutex mu;
+  std::string first_failure;
+  std::vector<std::thread> load;
+  load.reserve(4);
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&] {
+      Fetcher fetcher;
+      while (!stop.load()) {
+        auto r = fetcher.Fetch("GET", BrokerUrl(1, "/bytes/512"));
+        if (r.ok() && r->status == 200) {
+          ok.fetch_add(1);
+          continue;
+        }
+        failed.fetch_add(1);
+        absl::MutexLock lock(&mu);
+        if (first_failure.empty()) {
+          first_failure = r.ok() ? absl::StrCat(r->status, " ", r->body)
+                                 : r.status().ToString();
+        }
+      }
+    });
+  }
+  while (ok.load() < 50) std::this_thread::yield();
+  servers_[0].process->Signal(SIGTERM);
+  // Server 1 admits the moved worker: its second client.
+  auto moved =
+      servers_[1].process->WaitForLine("broker client connected", kWait);
+  auto exited = servers_[0].process->Wait(kWait);
+  const int ok_after_move = ok.load();
+  while (ok.load() < ok_after_move + 100) std::this_thread::yield();
+  stop.store(true);
+  for (std::thread& t : load) t.join();
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  ASSERT_TRUE(exited.ok()) << exited.status();
+  EXPECT_EQ(*exited, 0);
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(failed.load(), 0) << first_failure;
+  EXPECT_THAT(servers_[0].process->Output(),
+              HasSubstr("draining: asked the workers to move"));
+  std::string workers_output;
+  for (auto& worker : workers_) workers_output += worker->Output();
+  EXPECT_THAT(workers_output,
+              HasSubstr("the broker server asked this client to move"));
+  // And both workers now serve through server 1.
+  auto status = fetcher_.Fetch(
+      "GET", absl::StrCat("http://127.0.0.1:", servers_[1].http_port,
+                          "/connection-status/", kToken));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 2U)
+      << status->body;
+}
+
+TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {
+  const int on_zero = WorkerOn(0);
+  ASSERT_GE(on_zero, 0);
+  workers_[on_zero]->Signal(SIGKILL);
+  ASSERT_TRUE(servers_[0]
+                  .process->WaitForLine("broker client disconnected", kWait)
+                  .ok());
+  // Server 0 has no tunnel for the token now; server 1 does.
+  for (int i = 0; i < 20; ++i) {
+    auto r = fetcher_.Fetch("GET", BrokerUrl(0, "/bytes/2000"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->status, 200) << r->body << r->Header("x-broker-failure");
+    EXPECT_EQ(r->body.size(), 2000U);
+  }
+  // A request already forwarded once is never forwarded again.
+  auto r = fetcher_.Fetch("GET", BrokerUrl(0, "/bytes/10"),
+                          {{"x-broker-forwarded-by", "1"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->Header("x-broker-failure"), "no-connection");
+}
+
+}  // namespace
+}  // namespace broker::testing
