@@ -1198,10 +1198,29 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
         body.dump(-1, ' ', false, json::error_handler_t::replace));
   };
   if (path == config_.systemcheck_path && request.method == "GET") {
-    systemcheck_->Run([exchange](const SystemCheckAnswer& answer) {
+    // HA mode: the agent's preflight checks (dispatcher, server, rules,
+    // BROKER_CLIENT_URL) join the answer; a failed one fails it.
+    std::vector<ha::v1::PreflightCheck> preflight;
+    {
+      absl::MutexLock lock(&mu_);
+      if (assignment_) {
+        preflight.assign(assignment_->checks().begin(),
+                         assignment_->checks().end());
+      }
+    }
+    systemcheck_->Run([exchange, preflight = std::move(preflight)](
+                          const SystemCheckAnswer& answer) {
+      int status = answer.status;
+      nlohmann::ordered_json body = answer.body;
+      for (const ha::v1::PreflightCheck& check : preflight) {
+        body.push_back({{"haPreflightCheck", check.name()},
+                        {"ok", check.ok()},
+                        {"detail", check.detail()}});
+        if (check.result() == ha::v1::PreflightCheck::FAILED) status = 500;
+      }
       exchange->RespondSimple(
-          answer.status, {{"content-type", "application/json; charset=utf-8"}},
-          answer.body.dump(-1, ' ', false, json::error_handler_t::replace));
+          status, {{"content-type", "application/json; charset=utf-8"}},
+          body.dump(-1, ' ', false, json::error_handler_t::replace));
     });
     return;
   }

@@ -179,6 +179,14 @@ TEST_F(HaMeshTest, LogsTheDocumentedLinesAndServesThroughBothServers) {
                 HasSubstr("broker client is connecting to broker server "
                           "(url=http://127.0.0.1:"));
   }
+  // The agent's preflight checks show on each worker's /systemcheck.
+  auto check = fetcher_.Fetch(
+      "GET",
+      absl::StrCat("http://127.0.0.1:", worker_ports_[0], "/systemcheck"));
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_THAT(check->body,
+              HasSubstr(R"("haPreflightCheck":"dispatcher-reachable")"));
+  EXPECT_THAT(check->body, HasSubstr(R"("haPreflightCheck":"accept-rules")"));
   // The two workers were placed on distinct servers: each relays.
   for (int server = 0; server < 2; ++server) {
     auto r = fetcher_.Fetch("GET", BrokerUrl(server, "/bytes/100"));
