@@ -7,34 +7,10 @@
 #include "common/signals.h"
 #include "services/dispatcher/dispatcher_server.h"
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
 #include <iostream>
 #include <string>
-
-namespace {
-
-// A whole number in [min, max], or `default_value` if unset or empty.
-absl::StatusOr<int> IntInRange(const broker::common::EnvReader& env,
-                               absl::string_view name, int default_value,
-                               int min, int max) {
-  const std::string text = env.Optional(name, "");
-  if (text.empty()) return default_value;
-  int value = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &value) ||
-      value < min || value > max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, ": must be a whole number in ", min, "..", max,
-                     " (got \"", absl::CHexEscape(text.substr(0, 32)), "\")"));
-  }
-  return value;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   // Debian builds Abseil without NDEBUG, which leaves Mutex deadlock
@@ -90,9 +66,9 @@ int main(int argc, char** argv) {
   config.redis_timeout = *redis_timeout;
   config.redis_key_prefix =
       env.Optional("BROKER_DISPATCHER_REDIS_KEY_PREFIX", "broker-dispatcher");
-  auto max_clients = IntInRange(env, "BROKER_MAX_CLIENTS_PER_TOKEN", 4, 1, 64);
+  auto max_clients = env.Integer("BROKER_MAX_CLIENTS_PER_TOKEN", 4, 1, 64);
   if (!max_clients.ok()) return fail(max_clients.status());
-  config.max_clients_per_token = *max_clients;
+  config.max_clients_per_token = static_cast<int>(*max_clients);
   auto lease_ttl =
       env.DurationMs("BROKER_DISPATCHER_LEASE_TTL_MS", absl::Seconds(90));
   if (!lease_ttl.ok()) return fail(lease_ttl.status());
