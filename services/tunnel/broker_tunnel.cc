@@ -845,10 +845,11 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
     credentials = grpc::SslCredentials(options);
   }
   grpc::ChannelArguments args;
-  // A frozen or unreachable server is noticed within about two seconds,
-  // and the worker reconnects (to its next assignment, in HA mode).
+  // A frozen or unreachable server is noticed within about three seconds,
+  // and the worker reconnects (to its next assignment, in HA mode). The
+  // timeout leaves a busy server room to answer.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
