@@ -23,6 +23,10 @@ struct Header {
 using Headers = std::vector<Header>;
 
 // First value of `name` (case-insensitive), or nullopt.
+// Percent-encodes everything but RFC 3986's unreserved characters: one
+// path segment or query value.
+std::string PercentEncode(absl::string_view value);
+
 std::optional<absl::string_view> FindHeader(const Headers& headers,
                                             absl::string_view name);
 

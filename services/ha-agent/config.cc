@@ -1,6 +1,7 @@
 #include "services/ha-agent/config.h"
 
 #include "common/env_config.h"
+#include "common/http/message.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -13,24 +14,6 @@ namespace {
 std::string StripTrailingSlashes(absl::string_view url) {
   while (absl::EndsWith(url, "/")) url.remove_suffix(1);
   return std::string(url);
-}
-
-// Percent-encodes everything but RFC 3986's unreserved characters.
-std::string EncodeQueryValue(absl::string_view value) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (char c : value) {
-    const auto u = static_cast<unsigned char>(c);
-    if (absl::ascii_isalnum(u) || c == '-' || c == '.' || c == '_' ||
-        c == '~') {
-      out.push_back(c);
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[u >> 4]);
-      out.push_back(kHex[u & 0xF]);
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -102,7 +85,7 @@ std::string ResolveTunnelUrl(absl::string_view server_id,
   } else if (!absl::EndsWith(url, "?") && !absl::EndsWith(url, "&")) {
     url.push_back('&');
   }
-  absl::StrAppend(&url, "server_id=", EncodeQueryValue(server_id));
+  absl::StrAppend(&url, "server_id=", common::http::PercentEncode(server_id));
   if (fragment != absl::string_view::npos) {
     absl::StrAppend(&url, server_url.substr(fragment));
   }

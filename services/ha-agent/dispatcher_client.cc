@@ -1,6 +1,7 @@
 #include "services/ha-agent/dispatcher_client.h"
 
 #include "common/http/buffered_call.h"
+#include "common/http/message.h"
 #include "common/token.h"
 #include "common/uuid.h"
 
@@ -20,26 +21,6 @@ namespace http = common::http;
 using Json = nlohmann::json;
 
 constexpr size_t kMaxSnippet = 200;
-
-// Percent-encodes everything but RFC 3986's unreserved characters (one
-// path segment or query value).
-std::string Encode(absl::string_view value) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(value.size());
-  for (char c : value) {
-    const auto u = static_cast<unsigned char>(c);
-    if (absl::ascii_isalnum(u) || c == '-' || c == '.' || c == '_' ||
-        c == '~') {
-      out.push_back(c);
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[u >> 4]);
-      out.push_back(kHex[u & 0xF]);
-    }
-  }
-  return out;
-}
 
 // The first character of the token: one UTF-8 sequence (a token is ASCII
 // in practice; a lone byte of a longer sequence is not valid JSON text).
@@ -146,7 +127,7 @@ AllocationHttpRequest BuildAllocationRequest(const AllocationCall& call) {
   while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
   request.url = absl::StrCat(
       call.base_url, prefix, "/", common::HashToken(call.token),
-      "/connections/", Encode(call.client_id),
+      "/connections/", common::http::PercentEncode(call.client_id),
       "?version=", absl::StrReplaceAll(kAllocationApiVersion, {{"~", "%7E"}}));
   request.headers = {
       {"Content-type", "application/vnd.api+json"},
