@@ -224,7 +224,6 @@ start_worker ha4 BROKER_HA_MODE_ENABLED=true \
   BROKER_HA_AGENT_ADDR="127.0.0.1:${agent_port}" \
   BROKER_SERVER_URL="http://127.0.0.1:1"
 wait_for "${work}/agent.out" 'refused this broker client' 20 >/dev/null
-sleep 1  # the fifth keeps waiting
 fifth_in="$(count_lines "${work}/ha4.out" 'tunnel connected to the broker server')"
 kill -KILL "${ha_pids[0]}"
 admitted="$(wait_for_count "${work}/ha4.out" \

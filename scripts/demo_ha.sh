@@ -38,9 +38,12 @@ for id in 0 1; do
   line=$(wait_for "$work/s$id.out" 'broker-server listening' 20)
   http[$id]=$(num "$line" port)
   tunnel[$id]=$(num "$line" tunnel_port)
-  wait_for "$work/s$id.out" 'registering with the broker dispatcher' 20 >/dev/null
+  # Registered before the first allocation (the server's own call is
+  # asynchronous): the same registration, waited for.
+  curl -sf -o /dev/null -X POST -H 'content-type: application/vnd.api+json' \
+    -d "{\"data\":{\"attributes\":{\"tunnel_url\":\"http://127.0.0.1:${tunnel[$id]}\",\"internal_url\":\"http://127.0.0.1:${http[$id]}\"}}}" \
+    "$dispatcher/internal/brokerservers/$id"
 done
-sleep 0.3 # both registrations are in before the first allocation
 
 env BROKER_TOKEN="$token" BROKER_HA_MODE_ENABLED=true BROKER_HA_AGENT_PORT=0 \
   BROKER_DISPATCHER_BASE_URL="$dispatcher" ACCEPT="$work/client.json" \

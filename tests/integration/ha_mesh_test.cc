@@ -221,16 +221,21 @@ TEST_F(HaMeshTest, ServerSigtermMovesItsWorkerAndNoGetFails) {
       }
     });
   }
-  while (ok.load() < 50) std::this_thread::yield();
+  // Each wait is bounded: a broken mesh fails the test, never hangs it.
+  const absl::Time give_up = absl::Now() + kWait;
+  while (ok.load() < 50 && absl::Now() < give_up) std::this_thread::yield();
   servers_[0].process->Signal(SIGTERM);
   // Server 1 admits the moved worker: its second client.
   auto moved =
       servers_[1].process->WaitForLine("broker client connected", kWait);
   auto exited = servers_[0].process->Wait(kWait);
   const int ok_after_move = ok.load();
-  while (ok.load() < ok_after_move + 100) std::this_thread::yield();
+  while (ok.load() < ok_after_move + 100 && absl::Now() < give_up) {
+    std::this_thread::yield();
+  }
   stop.store(true);
   for (std::thread& t : load) t.join();
+  EXPECT_GE(ok.load(), ok_after_move + 100) << "the load stalled";
   ASSERT_TRUE(moved.ok()) << moved.status();
   ASSERT_TRUE(exited.ok()) << exited.status();
   EXPECT_EQ(*exited, 0);
