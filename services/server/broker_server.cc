@@ -333,9 +333,25 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                          request_id};
     if (!rules_->NeedsBody(filters::RuleList::kPublic, request.method,
                            pending.url)) {
-      if (PublicRulesAllow(*exchange, pending, "")) {
+      if (!PublicRulesAllow(*exchange, pending, "")) return;
+      const std::uint64_t length =
+          request.chunked ? 0 : request.content_length.value_or(0);
+      if (length == 0 || length > kResendableBodyBytes) {
         Forward(std::move(exchange), std::move(pending));
+        return;
       }
+      // A small body is read whole first, so that the request can be
+      // re-sent if its worker dies (RelayRequest::held_body).
+      ReadWholeBody(exchange, kResendableBodyBytes,
+                    [this, exchange, pending = std::move(pending)](
+                        absl::StatusOr<std::string> body) mutable {
+                      if (!body.ok()) {
+                        RespondBodyError(*exchange, pending, body.status());
+                        return;
+                      }
+                      ForwardHeld(exchange, std::move(pending),
+                                  *std::move(body));
+                    });
       return;
     }
     // A body-check rule could decide: read the body (bounded), then relay
@@ -350,9 +366,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                       return;
                     }
                     if (PublicRulesAllow(*exchange, pending, *body)) {
-                      Forward(WithBufferedBody(executor_.io(), exchange,
-                                               *std::move(body)),
-                              std::move(pending));
+                      ForwardHeld(exchange, std::move(pending),
+                                  *std::move(body));
                     }
                   });
   }
@@ -437,7 +452,21 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                 {{"snyk-request-id", pending.request_id}});
   }
 
-  void Forward(std::shared_ptr<http::Exchange> exchange, PendingRelay pending) {
+  // Relays a request whose body was read whole from `exchange`; a small
+  // one is kept for a re-send.
+  void ForwardHeld(const std::shared_ptr<http::Exchange>& exchange,
+                   PendingRelay pending, std::string body) {
+    std::shared_ptr<const std::string> held;
+    if (body.size() <= kResendableBodyBytes) {
+      held = std::make_shared<const std::string>(body);
+    }
+    Forward(WithBufferedBody(executor_.io(), exchange, std::move(body)),
+            std::move(pending), std::move(held), exchange);
+  }
+
+  void Forward(std::shared_ptr<http::Exchange> exchange, PendingRelay pending,
+               std::shared_ptr<const std::string> held_body = nullptr,
+               std::shared_ptr<http::Exchange> unbuffered = nullptr) {
     http::Headers headers = std::move(pending.headers);
     for (const http::Header& h : exchange->request().headers) {
       if (IsHopByHopHeader(h.name)) continue;
@@ -448,6 +477,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                        std::move(pending.request_id), std::move(pending.url),
                        std::move(headers),
                        absl::Now() + config_.request_timeout};
+    relay.held_body = std::move(held_body);
+    relay.unbuffered = std::move(unbuffered);
     const std::string token_hash = relay.token_hash;
     // All lanes busy (a burst, or a worker still opening them): wait a
     // little for one rather than failing at once.

@@ -2,6 +2,7 @@
 
 #include "common/logging.h"
 #include "common/status.h"
+#include "services/server/buffered_body.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -37,10 +38,11 @@ constexpr int kMaxResends = 2;
 // How long a re-sent request waits for another worker's lane.
 constexpr absl::Duration kResendLaneWait = absl::Seconds(2);
 
-// Whether the request may go to another worker after its tunnel broke: the
-// first worker may have acted on it, so only methods safe to repeat, and
-// only without a body (nothing of it was consumed).
-bool MayResend(const http::RequestHead& request) {
+// Whether the request may go to another worker after its tunnel broke:
+// methods safe to repeat without a body, or any request whose body is held
+// whole, so that it can be sent again as it came (ARCHITECTURE.md 3).
+bool MayResend(const http::RequestHead& request, const RelayRequest& relay) {
+  if (relay.held_body != nullptr && relay.unbuffered != nullptr) return true;
   const bool safe = request.method == "GET" || request.method == "HEAD" ||
                     request.method == "OPTIONS";
   const bool bodiless =
@@ -64,6 +66,7 @@ class RelayCall final : public LaneListener,
 
   void Start() {
     auto self = shared_from_this();
+    sent_at_ = absl::Now();
     lane_->Attach(self);
     exchange_->OnCancel([self] {
       self->Abort(absl::CancelledError("the platform went away"));
@@ -200,6 +203,7 @@ class RelayCall final : public LaneListener,
         absl::MutexLock lock(&mu_);
         if (response_started_) return;  // Fail() answered already
         response_started_ = true;
+        latency_ = absl::Now() - sent_at_;
         if (end && !end->aborted()) {
           // The whole answer is here: one write for head and body.
           worker_keeps_lane_ = end->keep_lane();
@@ -239,6 +243,7 @@ class RelayCall final : public LaneListener,
           absl::MutexLock lock(&mu_);
           if (response_started_) break;
           response_started_ = true;
+          latency_ = absl::Now() - sent_at_;
         }
         const tunnel::v1::Failure& f = message.failure();
         exchange_->RespondSimple(f.status(),
@@ -363,10 +368,12 @@ class RelayCall final : public LaneListener,
   void End(const absl::Status& status) {
     bool repark = false;
     bool wait_for_up = false;
+    absl::Duration latency;
     {
       absl::MutexLock lock(&mu_);
       if (ended_) return;
       ended_ = true;
+      latency = latency_;
       if (status.ok() && worker_keeps_lane_) {
         repark = up_done_;
         wait_for_up = !up_done_;
@@ -374,7 +381,7 @@ class RelayCall final : public LaneListener,
       }
     }
     timer_.cancel();
-    registry_.Release(request_.token_hash, client_id_);
+    registry_.Release(request_.token_hash, client_id_, latency);
     if (repark) {
       lane_->Repark();
     } else if (!wait_for_up) {
@@ -393,7 +400,7 @@ class RelayCall final : public LaneListener,
       if (ended_) return;
       started = response_started_;
       resend = !started && !aborted_ && request_.attempt < kMaxResends &&
-               MayResend(exchange_->request()) &&
+               MayResend(exchange_->request(), request_) &&
                absl::Now() < request_.deadline;
       if (resend) {
         ended_ = true;
@@ -447,9 +454,14 @@ class RelayCall final : public LaneListener,
     const std::string token_hash = again.token_hash;
     const absl::Duration wait =
         std::min(kResendLaneWait, again.deadline - absl::Now());
+    // The body was consumed by the first attempt: replay the held copy.
+    std::shared_ptr<http::Exchange> exchange =
+        again.held_body == nullptr
+            ? exchange_
+            : WithBufferedBody(io_, again.unbuffered, *again.held_body);
     registry_.TakeOrWait(
         io_, token_hash, wait,
-        [&io = io_, &registry = registry_, exchange = exchange_,
+        [&io = io_, &registry = registry_, exchange = std::move(exchange),
          again = std::move(again)](
             std::optional<TunnelRegistry::Taken> lane) mutable {
           if (!lane) {
@@ -473,6 +485,7 @@ class RelayCall final : public LaneListener,
   const std::shared_ptr<http::Exchange> exchange_;
   const RelayRequest request_;
   boost::asio::steady_timer timer_;
+  absl::Time sent_at_;  // set in Start(), before any callback
   // The upload: a message in flight to the worker (and whether it is the
   // request's last), and those held behind it.
   struct UpMessage {
@@ -486,6 +499,8 @@ class RelayCall final : public LaneListener,
   bool response_started_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;  // platform gone or deadline
+  // Until the answer's head, for the registry's choice of worker.
+  absl::Duration latency_ ABSL_GUARDED_BY(mu_);
   // Lane reuse: the worker's end said keep_lane; our end (or head without
   // body) was sent; the answer ended before that send completed.
   bool worker_keeps_lane_ ABSL_GUARDED_BY(mu_) = false;

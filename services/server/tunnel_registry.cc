@@ -101,7 +101,7 @@ bool TunnelRegistry::Park(const std::string& token_hash,
     // The first waiter this lane can serve (not one avoiding its worker).
     for (auto w = token.waiters.begin(); w != token.waiters.end(); ++w) {
       if (w->avoid == owner->info.client_id) continue;
-      taken = TakeLocked(token, w->avoid);
+      taken = TakeLocked(token, w->avoid, clock_.Now());
       if (!taken) break;
       waiter = std::move(*w);
       token.waiters.erase(w);
@@ -137,7 +137,7 @@ std::optional<TunnelRegistry::Taken> TunnelRegistry::Take(
   absl::MutexLock lock(&mu_);
   auto it = tokens_.find(token_hash);
   if (it == tokens_.end()) return std::nullopt;
-  return TakeLocked(it->second, avoid);
+  return TakeLocked(it->second, avoid, clock_.Now());
 }
 
 void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
@@ -149,7 +149,7 @@ void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
     absl::MutexLock lock(&mu_);
     auto it = tokens_.find(token_hash);
     if (it != tokens_.end()) {
-      taken = TakeLocked(it->second, avoid);
+      taken = TakeLocked(it->second, avoid, clock_.Now());
       if (!taken && wait > absl::ZeroDuration()) {
         const std::uint64_t id = ++next_waiter_id_;
         auto timer = std::make_shared<boost::asio::steady_timer>(io);
@@ -183,18 +183,42 @@ void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
 }
 
 std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
-    Token& token, absl::string_view avoid) {
+    Token& token, absl::string_view avoid, absl::Time now) {
   const std::size_t n = token.workers.size();
+  // The fastest measured latency among the workers that could serve.
+  absl::Duration fastest = absl::InfiniteDuration();
+  for (const Worker& worker : token.workers) {
+    if (worker.idle.empty() || worker.info.client_id == avoid) continue;
+    if (worker.info.latency > absl::ZeroDuration()) {
+      fastest = std::min(fastest, worker.info.latency);
+    }
+  }
   Worker* best = nullptr;
   std::size_t best_index = 0;
-  // Fewest in flight wins; among equals, the first after the last pick.
+  double best_cost = 0;
+  // Lowest cost wins; among equals, the first after the last pick.
   for (std::size_t k = 0; k < n; ++k) {
     std::size_t i = (token.next + k) % n;
     Worker& worker = token.workers[i];
     if (worker.idle.empty() || worker.info.client_id == avoid) continue;
-    if (best == nullptr || worker.info.in_flight < best->info.in_flight) {
+    double slowness = 1;
+    if (fastest != absl::InfiniteDuration() &&
+        worker.info.latency_samples >= kSlowAfterSamples &&
+        worker.info.latency >= fastest * kSlowRatio &&
+        worker.info.latency - fastest >= kSlowMargin) {
+      if (now - worker.last_taken >= kProbeInterval) {
+        best = &worker;  // time to measure it again
+        best_index = i;
+        break;
+      }
+      slowness = absl::FDivDuration(worker.info.latency, fastest);
+    }
+    const double cost =
+        static_cast<double>(worker.info.in_flight + 1) * slowness;
+    if (best == nullptr || cost < best_cost) {
       best = &worker;
       best_index = i;
+      best_cost = cost;
     }
   }
   if (best == nullptr) return std::nullopt;
@@ -203,17 +227,37 @@ std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
   best->idle.pop_front();
   best->info.idle_lanes = best->idle.size();
   ++best->info.in_flight;
+  best->last_taken = now;
   return taken;
 }
 
+void TunnelRegistry::ObserveLatency(WorkerInfo& info, absl::Duration sample) {
+  if (sample <= absl::ZeroDuration()) return;
+  ++info.latency_samples;
+  // The first answer, or one much faster than the average: a worker that
+  // was slow and recovered gets its share back with its first fast answer.
+  if (info.latency == absl::ZeroDuration() || sample * 2 < info.latency) {
+    info.latency = sample;
+    return;
+  }
+  // One odd request (a large git fetch among small API calls) moves the
+  // average by less than kSlowRatio; a worker must be slow repeatedly to
+  // count as slow.
+  sample = std::min(sample, info.latency * 4);
+  constexpr double kWeight = 0.3;
+  info.latency += (sample - info.latency) * kWeight;
+}
+
 void TunnelRegistry::Release(const std::string& token_hash,
-                             const std::string& client_id) {
+                             const std::string& client_id,
+                             absl::Duration latency) {
   absl::MutexLock lock(&mu_);
   auto it = tokens_.find(token_hash);
   if (it == tokens_.end()) return;
   for (Worker& worker : it->second.workers) {
     if (worker.info.client_id == client_id && worker.info.in_flight > 0) {
       --worker.info.in_flight;
+      ObserveLatency(worker.info, latency);
       return;
     }
   }

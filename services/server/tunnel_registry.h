@@ -1,5 +1,6 @@
 #pragma once
 
+#include "common/clock.h"
 #include "services/server/lane.h"
 
 #include "absl/base/thread_annotations.h"
@@ -23,7 +24,15 @@ namespace broker::server {
 
 // Per hashed token, the connected workers and their parked lanes. A request
 // takes a lane of the worker with the fewest requests in flight (ties broken
-// round-robin), as ARCHITECTURE.md section 4 asks.
+// round-robin), as ARCHITECTURE.md section 4 asks, with one refinement: a
+// worker whose answers come markedly slower than its peers' (a moving
+// average of the time to the answer's head, kSlowRatio times the fastest
+// worker's and kSlowMargin more) counts its load multiplied by that ratio,
+// so it only gets work when the fast ones are that much busier.
+// Fewest-in-flight alone would still hand a 10x slower worker a quarter of a
+// light load, and its slow answers would become everyone's tail latency. A
+// slowed worker is probed with one request every kProbeInterval, so it earns
+// its share back once it recovers.
 //
 // Thread-safe: gRPC reactions register and park; platform requests take.
 // No callback is ever made while the lock is held.
@@ -31,8 +40,10 @@ class TunnelRegistry {
  public:
   // `max_clients_per_token`: distinct workers a token may connect (0: no
   // limit), the server's second line behind the dispatcher's cap.
-  explicit TunnelRegistry(int max_clients_per_token = 4)
-      : max_clients_per_token_(max_clients_per_token) {}
+  // `clock` times the probes of slow workers.
+  explicit TunnelRegistry(int max_clients_per_token = 4,
+                          common::Clock& clock = common::SystemClock())
+      : max_clients_per_token_(max_clients_per_token), clock_(clock) {}
 
   struct WorkerInfo {
     std::string client_id;
@@ -44,7 +55,21 @@ class TunnelRegistry {
     absl::Time connected_at;
     std::size_t idle_lanes = 0;
     std::uint64_t in_flight = 0;
+    // Moving average of the time from sending a request to its answer's
+    // head; zero before the first answer.
+    absl::Duration latency = absl::ZeroDuration();
+    int latency_samples = 0;
   };
+
+  // A worker counts as slow when its latency is at least this many times
+  // the token's fastest worker's, and this much more: scheduling noise of
+  // a busy machine never makes a worker slow.
+  static constexpr double kSlowRatio = 2.0;
+  static constexpr absl::Duration kSlowMargin = absl::Milliseconds(5);
+  // ... and only once this many of its answers were measured.
+  static constexpr int kSlowAfterSamples = 5;
+  // A slow worker gets a request at least this often, to measure it again.
+  static constexpr absl::Duration kProbeInterval = absl::Seconds(1);
 
   // A taken lane, and the token to give back when the request ends.
   struct Taken {
@@ -95,8 +120,11 @@ class TunnelRegistry {
   void TakeOrWait(boost::asio::io_context& io, const std::string& token_hash,
                   absl::Duration wait, TakeHandler done,
                   absl::string_view avoid = "") ABSL_LOCKS_EXCLUDED(mu_);
-  // The request on a taken lane ended.
-  void Release(const std::string& token_hash, const std::string& client_id)
+  // The request on a taken lane ended. `latency`: how long its answer's
+  // head took, or zero when it has none to report (it failed, or was
+  // answered without the worker).
+  void Release(const std::string& token_hash, const std::string& client_id,
+               absl::Duration latency = absl::ZeroDuration())
       ABSL_LOCKS_EXCLUDED(mu_);
 
   bool HasWorkers(const std::string& token_hash) const ABSL_LOCKS_EXCLUDED(mu_);
@@ -111,6 +139,7 @@ class TunnelRegistry {
     WorkerInfo info;
     std::uint64_t serial = 0;
     std::deque<std::shared_ptr<Lane>> idle;
+    absl::Time last_taken = absl::InfinitePast();
   };
   struct Waiter {
     std::uint64_t id;
@@ -125,9 +154,13 @@ class TunnelRegistry {
   };
 
   // The caller holds mu_ (the token lives in tokens_).
-  static std::optional<Taken> TakeLocked(Token& token, absl::string_view avoid);
+  static std::optional<Taken> TakeLocked(Token& token, absl::string_view avoid,
+                                         absl::Time now);
+  // Folds one answer's latency into the worker's moving average.
+  static void ObserveLatency(WorkerInfo& info, absl::Duration sample);
 
   const int max_clients_per_token_;
+  common::Clock& clock_;
   mutable absl::Mutex mu_;
   std::uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);

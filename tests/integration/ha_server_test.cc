@@ -38,6 +38,7 @@ class HaServerTest : public ::testing::Test {
     server_accept_ = dir_.Write("server-accept.json", R"json({"public": [
       {"method": "GET", "path": "/bytes/:n"},
       {"method": "GET", "path": "/slow/:ms"},
+      {"method": "POST", "path": "/slow/:ms"},
       {"method": "POST", "path": "/echo"}
     ]})json");
     client_accept_ = ClientRules("client-accept.json", "");
@@ -67,6 +68,8 @@ class HaServerTest : public ::testing::Test {
             R"json({"method": "GET", "path": "/bytes/:n", "origin": ")json",
             origin, R"json("},
       {"method": "GET", "path": "/slow/:ms", "origin": ")json",
+            origin, R"json("},
+      {"method": "POST", "path": "/slow/:ms", "origin": ")json",
             origin, R"json("},
       {"method": "POST", "path": "/echo", "origin": ")json",
             origin, R"json("}]})json"));
@@ -299,6 +302,54 @@ TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {
   // The keepalive is 500 ms + 1 s; allow the loaded machine a margin.
   EXPECT_LT(detected, absl::Milliseconds(2500)) << detected;
   std::cout << "frozen worker dropped after " << detected << "\n";
+}
+
+// A POST is re-sent only when the server still holds its whole body (a
+// small one with Content-Length); a streamed body fails fast instead.
+TEST_F(HaServerTest, SmallPostIsResentWhenItsWorkerDiesAStreamedOneFails) {
+  AddWorker();
+  AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  const std::string body(1000, 'x');
+  for (const bool chunked : {false, true}) {
+    SCOPED_TRACE(chunked ? "chunked" : "content-length");
+    std::vector<int64_t> before;
+    for (const TunnelProcess& worker : workers_) {
+      before.push_back(RelayedBy(worker));
+    }
+    absl::StatusOr<Fetched> answer;
+    std::thread poster([&] {
+      Fetcher fetcher;
+      answer = fetcher.Fetch("POST", BrokerUrl("/slow/3000"),
+                             {{"content-type", "text/plain"}}, body, chunked);
+    });
+    // Kill the worker the POST went to, while the origin holds it.
+    int victim = -1;
+    const absl::Time start = absl::Now();
+    while (victim < 0 && absl::Now() - start < kWait) {
+      for (std::size_t i = 0; i < workers_.size(); ++i) {
+        if (workers_[i].process && RelayedBy(workers_[i]) > before[i]) {
+          victim = static_cast<int>(i);
+        }
+      }
+    }
+    ASSERT_GE(victim, 0) << "the POST reached no worker";
+    workers_[victim].process->Signal(SIGKILL);
+    poster.join();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    if (chunked) {
+      EXPECT_EQ(answer->status, 502);
+      EXPECT_EQ(answer->Header("x-broker-failure"), "tunnel-error");
+    } else {
+      EXPECT_EQ(answer->status, 200) << answer->body;
+      EXPECT_EQ(answer->body, "slow");
+    }
+    // Replace the dead worker for the next round.
+    workers_[victim].process.reset();
+    workers_.erase(workers_.begin() + victim);
+    AddWorker();
+    ASSERT_FALSE(HasFatalFailure());
+  }
 }
 
 }  // namespace

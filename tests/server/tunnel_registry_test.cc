@@ -1,14 +1,17 @@
 #include "services/server/tunnel_registry.h"
 
+#include "common/clock.h"
 #include "tests/testing/status_matchers.h"
 
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace broker::server {
 namespace {
@@ -127,6 +130,120 @@ TEST(TunnelRegistryTest, SpreadsOverTheLeastLoadedWorkerThenRoundRobin) {
   // b finishes: it is now the least loaded and gets the next request.
   registry.Release(kToken, "b");
   EXPECT_EQ(registry.Take(kToken)->client_id, "b");
+}
+
+// Takes `n` requests and gives each back at once with `latency_of(worker)`;
+// returns how many each worker served.
+template <typename LatencyOf>
+std::map<std::string, int> Serve(TunnelRegistry& registry, int n,
+                                 LatencyOf latency_of) {
+  std::map<std::string, int> served;
+  for (int i = 0; i < n; ++i) {
+    auto taken = registry.Take(kToken);
+    if (!taken.has_value()) {
+      ADD_FAILURE() << "no lane at request " << i;
+      return served;
+    }
+    ++served[taken->client_id];
+    registry.Park(kToken, std::move(taken->lane));
+    registry.Release(kToken, taken->client_id, latency_of(taken->client_id));
+  }
+  return served;
+}
+
+TEST(TunnelRegistryTest, EqualWorkersShareEvenly) {
+  common::ManualClock clock(absl::Now());
+  TunnelRegistry registry(4, clock);
+  for (const char* id : {"a", "b", "c", "d"}) {
+    ASSERT_THAT(registry.AddWorker(kToken, Worker(id)).status(), IsOk());
+    ASSERT_TRUE(registry.Park(kToken, std::make_shared<FakeLane>(id)));
+  }
+  // Latencies vary a little, as real ones do; nobody counts as slow.
+  int tick = 0;
+  auto served = Serve(registry, 4000, [&tick](const std::string&) {
+    return absl::Milliseconds(2) + absl::Microseconds((++tick % 7) * 100);
+  });
+  for (const char* id : {"a", "b", "c", "d"}) EXPECT_EQ(served[id], 1000) << id;
+}
+
+TEST(TunnelRegistryTest, ASlowWorkerGetsWorkOnlyWhenTheOthersAreBusier) {
+  common::ManualClock clock(absl::Now());
+  TunnelRegistry registry(4, clock);
+  for (const char* id : {"a", "b", "c", "slow"}) {
+    ASSERT_THAT(registry.AddWorker(kToken, Worker(id)).status(), IsOk());
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(registry.Park(kToken, std::make_shared<FakeLane>(id)));
+    }
+  }
+  auto latency_of = [](const std::string& id) {
+    return id == "slow" ? absl::Milliseconds(20) : absl::Milliseconds(2);
+  };
+  // Learn the latencies.
+  Serve(registry, 4 * TunnelRegistry::kSlowAfterSamples, latency_of);
+  clock.Advance(absl::Milliseconds(10));
+  // Sequential requests: the fast workers are never busy, the slow one is
+  // never chosen.
+  auto served = Serve(registry, 300, latency_of);
+  EXPECT_EQ(served.count("slow"), 0U);
+  // Concurrent requests: ten in flight on a fast worker weigh as much as
+  // one on the 10x slower worker, so the slow one waits until each fast one
+  // has nine, and gets one before any fast one has eleven.
+  std::vector<TunnelRegistry::Taken> held;
+  for (int i = 0; i < 27; ++i) held.push_back(*registry.Take(kToken));
+  for (const auto& taken : held) EXPECT_NE(taken.client_id, "slow");
+  bool slow_taken = false;
+  for (int i = 0; i < 4 && !slow_taken; ++i) {
+    slow_taken = registry.Take(kToken)->client_id == "slow";
+  }
+  EXPECT_TRUE(slow_taken);
+}
+
+TEST(TunnelRegistryTest, ASlowWorkerIsProbedAndRecovers) {
+  common::ManualClock clock(absl::Now());
+  TunnelRegistry registry(4, clock);
+  for (const char* id : {"a", "slow"}) {
+    ASSERT_THAT(registry.AddWorker(kToken, Worker(id)).status(), IsOk());
+    ASSERT_TRUE(registry.Park(kToken, std::make_shared<FakeLane>(id)));
+  }
+  bool recovered = false;
+  auto latency_of = [&recovered](const std::string& id) {
+    return id == "slow" && !recovered ? absl::Milliseconds(20)
+                                      : absl::Milliseconds(2);
+  };
+  Serve(registry, 2 * TunnelRegistry::kSlowAfterSamples, latency_of);
+  EXPECT_EQ(Serve(registry, 100, latency_of).count("slow"), 0U);
+  // After kProbeInterval it gets one request to be measured again.
+  clock.Advance(TunnelRegistry::kProbeInterval);
+  auto served = Serve(registry, 100, latency_of);
+  EXPECT_EQ(served["slow"], 1);
+  // It is fast again: after its next probe it shares the load again.
+  recovered = true;
+  clock.Advance(TunnelRegistry::kProbeInterval);
+  Serve(registry, 1, latency_of);
+  served = Serve(registry, 100, latency_of);
+  EXPECT_EQ(served["slow"], 50);
+}
+
+TEST(TunnelRegistryTest, OneOddAnswerDoesNotMakeAWorkerSlow) {
+  common::ManualClock clock(absl::Now());
+  TunnelRegistry registry(4, clock);
+  for (const char* id : {"a", "b"}) {
+    ASSERT_THAT(registry.AddWorker(kToken, Worker(id)).status(), IsOk());
+    ASSERT_TRUE(registry.Park(kToken, std::make_shared<FakeLane>(id)));
+  }
+  Serve(registry, 10, [](const std::string&) { return absl::Milliseconds(2); });
+  // b serves one large git fetch whose answer took five seconds.
+  bool once = true;
+  Serve(registry, 2, [&once](const std::string& id) {
+    if (id == "b" && once) {
+      once = false;
+      return absl::Seconds(5);
+    }
+    return absl::Milliseconds(2);
+  });
+  auto served = Serve(registry, 100,
+                      [](const std::string&) { return absl::Milliseconds(2); });
+  EXPECT_EQ(served["b"], 50);
 }
 
 }  // namespace
