@@ -15,6 +15,9 @@
 #      kill -9 of one of the 4: seconds until the 5th is admitted.
 #   5. SIGTERM of a server under RATE GETs/s on the other: failed GETs, and
 #      the draining server's exit status.
+#   6. a slow worker: p99 of RATE GETs/s of a 2 ms origin call through 4
+#      workers, and again with one of the 4 behind an origin 10x slower
+#      (22 ms); the ratio of the two p99s.
 #
 # Environment (defaults in brackets):
 #   BUILD_DIR [build/bench-release]  JOBS [2]
@@ -56,12 +59,21 @@ trap 'exit 130' INT TERM
 "${origin_bin}" 0 >"${work}/origin.out" 2>&1 &
 pids+=($!)
 origin_port="$(wait_for "${work}/origin.out" '^[0-9]+$' 20)"
+# The same origin, 20 ms slower on /slow/<ms>: behind the slow worker.
+"${origin_bin}" --slow-extra-ms=20 0 >"${work}/slow-origin.out" 2>&1 &
+pids+=($!)
+slow_origin_port="$(wait_for "${work}/slow-origin.out" '^[0-9]+$' 20)"
 cat >"${work}/server-accept.json" <<EOF
-{"public": [{"method": "GET", "path": "/bytes/:n"}]}
+{"public": [{"method": "GET", "path": "/bytes/:n"},
+            {"method": "GET", "path": "/slow/:ms"}]}
 EOF
+# One rule file for every worker (the server insists); SLOW_ORIGIN says
+# which origin a worker's /slow/ calls reach.
 cat >"${work}/tunnel-accept.json" <<EOF
 {"private": [{"method": "GET", "path": "/bytes/:n",
-              "origin": "http://127.0.0.1:${origin_port}"}]}
+              "origin": "http://127.0.0.1:${origin_port}"},
+             {"method": "GET", "path": "/slow/:ms",
+              "origin": "\${SLOW_ORIGIN}"}]}
 EOF
 
 # start_server NAME [ENV=VALUE...]: sets server_pid, server_port,
@@ -83,7 +95,8 @@ start_server() {
 start_worker() {
   local name="$1"
   shift
-  env BROKER_TOKEN="${token}" ACCEPT="${work}/tunnel-accept.json" PORT=0 \
+  env BROKER_TOKEN="${token}" SLOW_ORIGIN="http://127.0.0.1:${origin_port}" \
+    ACCEPT="${work}/tunnel-accept.json" PORT=0 \
     BROKER_CLIENT_URL="http://worker:8000" LOG_LEVEL="${log_level}" "$@" \
     "${tunnel_bin}" >"${work}/${name}.out" 2>&1 &
   worker_pid=$!
@@ -116,6 +129,7 @@ verdict() { if [ "$(calc "$1")" = 1 ]; then echo PASS; else echo FAIL; fi; }
 echo "== 1-3. one server, 4 workers of one token =="
 start_server single
 single_port="${server_port}"
+single_tunnel_port="${server_tunnel_port}"
 single_log="${work}/single.out"
 worker_ports=()
 worker_pids=()
@@ -183,6 +197,46 @@ row "SIGSTOP of a worker, ${rate} GET/s: failed GETs" \
   "$(verdict "$(failed "${stop_json}") == 0")"
 row "  frozen worker detected after (s)" "${detect}" "<= 2" \
   "$(verdict "${detect} <= 2")"
+
+echo "== 6. a slow worker among 4 =="
+# p99_of TOKEN NAME: p99 (us) of RATE GETs/s of /slow/2 for TOKEN's workers.
+p99_of() {
+  "${load_gen}" open --url "http://127.0.0.1:${single_port}/broker/$1/slow/2" \
+    --rate "${rate}" --duration 10 --warmup 2 >"${work}/$2.json"
+  num "$(cat "${work}/$2.json")" p99_us
+}
+# start_token_workers TOKEN SLOW_COUNT: 4 workers of TOKEN on the single
+# server, the last SLOW_COUNT of them behind the slow origin.
+start_token_workers() {
+  local i origin
+  token_worker_ports=()
+  for i in 0 1 2 3; do
+    origin="http://127.0.0.1:${origin_port}"
+    if [ "${i}" -ge $((4 - $2)) ]; then
+      origin="http://127.0.0.1:${slow_origin_port}"
+    fi
+    token="$1" start_worker "$1-${i}" SLOW_ORIGIN="${origin}" \
+      BROKER_SERVER_URL="http://127.0.0.1:${single_tunnel_port}"
+    token_worker_ports+=("${worker_port}")
+  done
+}
+connected="$(count_lines "${single_log}" 'broker client connected')"
+start_token_workers "${token}-fast" 0
+start_token_workers "${token}-slow" 1
+wait_for_count "${single_log}" 'broker client connected' $((connected + 8)) 20 \
+  >/dev/null
+p99_fast="$(p99_of "${token}-fast" fast)"
+p99_slow="$(p99_of "${token}-slow" slow)"
+slow_ratio="$(awk "BEGIN { printf \"%.2f\", ${p99_slow} / ${p99_fast} }")"
+echo "p99 all fast ${p99_fast} us, one 10x slower ${p99_slow} us: x${slow_ratio}"
+slow_total=0
+for p in "${token_worker_ports[@]}"; do
+  slow_total=$((slow_total + $(relayed "${p}")))
+done
+slow_share="$(awk "BEGIN { printf \"%.2f\", 100 * $(relayed "${token_worker_ports[3]}") / ${slow_total} }")"
+row "one worker 10x slower, ${rate} GET/s: p99 ratio" \
+  "x${slow_ratio}" "<= 1.5 (${p99_fast} us)" "$(verdict "${slow_ratio} <= 1.5")"
+row "  the slow worker's share of requests (%)" "${slow_share}" "" ""
 
 echo "== 4-5. HA mesh: dispatcher, 2 servers, agent, 5 workers =="
 PORT=0 LOG_LEVEL="${log_level}" "${dispatcher_bin}" \

@@ -461,7 +461,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       DrainBody([self, n = *n, framing] { self->StreamBytes(n, framing); });
     } else if (auto ms = NumberAfter(path_, "/slow/")) {
       DrainBody([self, ms = *ms] {
-        self->timer_.expires_after(std::chrono::milliseconds(ms));
+        self->timer_.expires_after(
+            std::chrono::milliseconds(ms) +
+            absl::ToChronoMilliseconds(self->origin_.options().slow_extra));
         self->timer_.async_wait([self](const beast::error_code& ec) {
           if (ec) return;  // cancelled: the client left
           self->waiting_ = false;

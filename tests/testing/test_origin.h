@@ -13,8 +13,9 @@
 //   GET /bytes/<n>         n bytes of TestPattern(0, n), Content-Length;
 //                          ?chunked=1 sends them chunked, ?close=1 with
 //                          neither (the body ends when the connection does).
-//   GET /slow/<ms>         waits <ms> milliseconds, then 200 "slow"; a client
-//                          leaving meanwhile ends the wait (on_client_gone).
+//   GET /slow/<ms>         waits <ms> milliseconds (plus `slow_extra`), then
+//                          200 "slow"; a client leaving meanwhile ends the
+//                          wait (on_client_gone).
 //   GET /slow-body/<n>?rate=<bytes per second>
 //                          Content-Length n, the body trickled at that rate.
 //   ANY /status/<code>     answers <code> (body "status <code>" unless the
@@ -60,6 +61,9 @@ struct TestOriginOptions {
   std::string tls_key_file;
   // Serves /git/ through `git http-backend` (found on PATH) when set.
   std::string git_project_root;
+  // Added to every /slow/<ms> wait: a slower origin behind one worker, for
+  // the spreading benchmark.
+  absl::Duration slow_extra = absl::ZeroDuration();
   // Called on an origin thread when a request head arrived (integration
   // tests use it to know a request reached the origin).
   std::function<void(absl::string_view method, absl::string_view target)>

@@ -1,8 +1,9 @@
-// test-origin [--git-root=DIR] [port] [cert.pem key.pem]: runs the test
-// origin (see tests/testing/test_origin.h) on 127.0.0.1, prints the bound
-// port on stdout and serves until SIGINT or SIGTERM. With --git-root, /git/
-// serves the repositories under DIR through `git http-backend`. Integration
-// tests start it as a real process.
+// test-origin [--git-root=DIR] [--slow-extra-ms=N] [port] [cert.pem key.pem]:
+// runs the test origin (see tests/testing/test_origin.h) on 127.0.0.1,
+// prints the bound port on stdout and serves until SIGINT or SIGTERM. With
+// --git-root, /git/ serves the repositories under DIR through `git
+// http-backend`; --slow-extra-ms adds N ms to every /slow/<ms> answer.
+// Integration tests start it as a real process.
 
 #include "tests/testing/test_origin.h"
 
@@ -19,15 +20,23 @@ int main(int argc, char** argv) {
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
+    int extra_ms = 0;
     if (absl::ConsumePrefix(&arg, "--git-root=")) {
       options.git_project_root = std::string(arg);
+    } else if (absl::ConsumePrefix(&arg, "--slow-extra-ms=")) {
+      if (!absl::SimpleAtoi(arg, &extra_ms) || extra_ms < 0) {
+        std::fprintf(stderr, "test-origin: bad --slow-extra-ms\n");
+        return 2;
+      }
+      options.slow_extra = absl::Milliseconds(extra_ms);
     } else {
       positional.emplace_back(arg);
     }
   }
   if (!positional.empty() && positional.size() != 1 && positional.size() != 3) {
     std::fprintf(stderr,
-                 "usage: %s [--git-root=DIR] [port] [cert.pem key.pem]\n",
+                 "usage: %s [--git-root=DIR] [--slow-extra-ms=N] [port] "
+                 "[cert.pem key.pem]\n",
                  argv[0]);
     return 2;
   }
