@@ -18,20 +18,6 @@ std::string StripTrailingSlashes(absl::string_view url) {
 
 }  // namespace
 
-bool ParseHaModeEnabled(absl::string_view value) {
-  // Trimmed, unlike Snyk: " true" from a templated manifest means true.
-  const std::string lower =
-      absl::AsciiStrToLower(absl::StripAsciiWhitespace(value));
-  return lower == "true" || lower == "yes";
-}
-
-bool IsKnownHaModeValue(absl::string_view value) {
-  const std::string lower =
-      absl::AsciiStrToLower(absl::StripAsciiWhitespace(value));
-  return lower.empty() || lower == "true" || lower == "yes" ||
-         lower == "false" || lower == "no";
-}
-
 absl::string_view DispatcherBaseSourceName(DispatcherBaseSource source) {
   switch (source) {
     case DispatcherBaseSource::kDispatcherBaseUrl:

@@ -13,13 +13,6 @@
 
 namespace broker::ha {
 
-// Snyk's highAvailabilityModeEnabled() (reference 1.1): true iff the value,
-// lower-cased, is "true" or "yes". Anything else, unset included, is false.
-bool ParseHaModeEnabled(absl::string_view value);
-// Whether `value` is one ParseHaModeEnabled() understands on purpose
-// ("", true/yes/false/no in any case), so main() can warn about "1" or "on".
-bool IsKnownHaModeValue(absl::string_view value);
-
 // Where the dispatcher's base URL came from (for the start-up log).
 enum class DispatcherBaseSource {
   kDispatcherBaseUrl,  // BROKER_DISPATCHER_BASE_URL

@@ -104,8 +104,12 @@ int main(int argc, char** argv) {
   auto token = env.Required("BROKER_TOKEN");
   if (!token.ok()) return fail(token.status());
   config.token = *token;
-  const std::string ha_mode = env.Optional("BROKER_HA_MODE_ENABLED", "");
-  config.ha_enabled = broker::ha::ParseHaModeEnabled(ha_mode);
+  // As in every binary here: true/yes or false/no, in any case (Snyk's
+  // values); anything else stops start-up rather than quietly running
+  // without HA.
+  auto ha_mode = env.Bool("BROKER_HA_MODE_ENABLED", false);
+  if (!ha_mode.ok()) return fail(ha_mode.status());
+  config.ha_enabled = *ha_mode;
   config.server_url = env.Optional("BROKER_SERVER_URL", "");
   if (!config.server_url.empty()) {
     auto url = env.HttpUrl("BROKER_SERVER_URL");
@@ -164,12 +168,6 @@ int main(int argc, char** argv) {
     return fail(absl::InvalidArgumentError(
         "BROKER_HA_AGENT_BACKOFF_MAX_MS: must be at least 100"));
   }
-  if (!broker::ha::IsKnownHaModeValue(ha_mode)) {
-    BROKER_LOG(kHa, kWarn, {{"value", ha_mode}},
-               "BROKER_HA_MODE_ENABLED is neither true/yes nor false/no: HA "
-               "mode is off");
-  }
-
   auto agent = broker::ha::HaAgent::Create(std::move(config));
   if (!agent.ok()) return fail(agent.status());
   auto bound = (*agent)->Start();

@@ -12,24 +12,6 @@ using ::broker::testing::IsOk;
 using ::broker::testing::StatusIs;
 using ::testing::HasSubstr;
 
-TEST(HaModeFlag, TrueOnlyForTrueOrYesInAnyCase) {
-  for (const char* on :
-       {"true", "TRUE", "True", "yes", "YES", "Yes", " true"}) {
-    EXPECT_TRUE(ParseHaModeEnabled(on)) << on;
-  }
-  for (const char* off : {"", "false", "no", "1", "on", "y", "enabled", "t"}) {
-    EXPECT_FALSE(ParseHaModeEnabled(off)) << off;
-  }
-}
-
-TEST(HaModeFlag, KnowsWhichValuesAreDeliberate) {
-  EXPECT_TRUE(IsKnownHaModeValue(""));
-  EXPECT_TRUE(IsKnownHaModeValue("No"));
-  EXPECT_TRUE(IsKnownHaModeValue("YES"));
-  EXPECT_FALSE(IsKnownHaModeValue("1"));
-  EXPECT_FALSE(IsKnownHaModeValue("on"));
-}
-
 TEST(DispatcherBase, BrokerDispatcherBaseUrlComesFirst) {
   DispatcherBase base = ResolveDispatcherBase(
       "https://api.eu.snyk.io/", "https://api.other", "https://broker.snyk.io");
