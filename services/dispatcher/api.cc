@@ -224,9 +224,32 @@ absl::StatusOr<ServerRegistration> ParseRegistrationBody(
 }
 
 Api::Api(Store& store, ApiOptions options, common::Clock& clock)
-    : store_(store), options_(std::move(options)), clock_(clock) {}
+    : store_(store),
+      options_(std::move(options)),
+      clock_(clock),
+      requests_(metrics_.AddCounter("broker_dispatcher_requests_total",
+                                    "API requests answered, by status code.",
+                                    {"code"})),
+      allocations_(metrics_.AddCounter(
+          "broker_dispatcher_allocations_total",
+          "Allocation requests by result: allocated (a new slot), existing "
+          "(the client's slot again), refused (the token has its clients), "
+          "unavailable (no server, or the store is down).",
+          {"result"})),
+      client_events_(metrics_.AddCounter(
+          "broker_dispatcher_client_events_total",
+          "Servers' client events (leases kept or freed), by type.", {"type"})),
+      server_events_(metrics_.AddCounter(
+          "broker_dispatcher_server_events_total",
+          "Broker server registrations and deregistrations.", {"type"})) {}
 
 ApiResponse Api::Handle(const ApiRequest& request) {
+  ApiResponse response = Route(request);
+  requests_.With({absl::StrCat(response.status)}).Increment();
+  return response;
+}
+
+ApiResponse Api::Route(const ApiRequest& request) {
   absl::string_view target = request.target;
   const size_t question = target.find('?');
   absl::string_view path = target.substr(0, question);
@@ -244,6 +267,14 @@ ApiResponse Api::Handle(const ApiRequest& request) {
   if ((n == 1 && (segments[0] == "healthcheck" || segments[0].empty()))) {
     if (method != "GET" && method != "HEAD") return MethodNotAllowed("GET");
     return Healthcheck(request);
+  }
+  if (n == 1 && segments[0] == "metrics") {
+    if (method != "GET") return MethodNotAllowed("GET");
+    ApiResponse response;
+    response.headers.push_back(
+        {"content-type", common::metrics::Registry::kContentType});
+    response.body = metrics_.Render();
+    return response;
   }
   if (n == 5 && segments[0] == "hidden" &&
       (segments[1] == "broker" || segments[1] == "brokers") &&
@@ -312,11 +343,14 @@ ApiResponse Api::Allocate(absl::string_view hash, absl::string_view client_id,
                  {{"hashed_token", hash_text}, {"client_id", client}},
                  "refused a broker client: {}",
                  std::string(result.status().message()));
+      allocations_.With({"refused"}).Increment();
       return TooManyClients(result.status());
     }
+    allocations_.With({"unavailable"}).Increment();
     return StoreError(result.status());
   }
   StoreOk();
+  allocations_.With({result->existing ? "existing" : "allocated"}).Increment();
   if (!result->existing) {
     BROKER_LOG(kDispatcher, kInfo,
                {{"hashed_token", hash_text},
@@ -350,6 +384,7 @@ ApiResponse Api::Register(absl::string_view server_id,
   absl::StatusOr<bool> created = store_.RegisterServer(*registration);
   if (!created.ok()) return StoreError(created.status());
   StoreOk();
+  server_events_.With({*created ? "registered" : "refreshed"}).Increment();
   if (*created) {
     BROKER_LOG(kDispatcher, kInfo,
                {{"server_id", registration->id},
@@ -378,6 +413,7 @@ ApiResponse Api::Deregister(absl::string_view server_id) {
   absl::StatusOr<std::int64_t> freed = store_.RemoveServer(id);
   if (!freed.ok()) return StoreError(freed.status());
   StoreOk();
+  server_events_.With({"deregistered"}).Increment();
   BROKER_LOG(kDispatcher, kInfo, {{"server_id", id}, {"freed", *freed}},
              "broker server {} deregistered; {} client slots freed", id,
              *freed);
@@ -413,6 +449,7 @@ ApiResponse Api::ClientEvent(absl::string_view server_id,
     absl::StatusOr<bool> freed = store_.ReleaseClient(id, hash_text, client);
     if (!freed.ok()) return StoreError(freed.status());
     StoreOk();
+    client_events_.With({"client-disconnected"}).Increment();
     if (*freed) {
       BROKER_LOG(kDispatcher, kInfo,
                  {{"hashed_token", hash_text},
@@ -436,10 +473,12 @@ ApiResponse Api::ClientEvent(absl::string_view server_id,
         {{"hashed_token", hash_text}, {"client_id", client}, {"server_id", id}},
         "server {} reported a broker client over the cap: {}", id,
         std::string(refreshed.message()));
+    client_events_.With({"refused"}).Increment();
     return TooManyClients(refreshed);
   }
   if (!refreshed.ok()) return StoreError(refreshed);
   StoreOk();
+  client_events_.With({type->second}).Increment();
   BROKER_LOG(kDispatcher, kDebug,
              {{"hashed_token", hash_text},
               {"client_id", client},

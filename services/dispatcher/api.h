@@ -19,6 +19,7 @@
 //            ?broker_client_id=..                       -> 204
 //   GET    /internal/tokens/{hash}/brokerservers        -> 200 list
 //   GET    /healthcheck, GET /                          -> 200 / 503
+//   GET    /metrics                                     -> Prometheus text
 //
 // Errors are {"errors":[{"status","code","title","detail"}]}: 400 for bad
 // input, 404 unknown route, 405 wrong method (with Allow), 503 when the
@@ -30,6 +31,7 @@
 
 #include "common/clock.h"
 #include "common/http/message.h"
+#include "common/metrics.h"
 #include "services/dispatcher/store.h"
 
 #include "absl/base/thread_annotations.h"
@@ -102,6 +104,7 @@ class Api {
   ApiResponse Handle(const ApiRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  ApiResponse Route(const ApiRequest& request);
   ApiResponse Healthcheck(const ApiRequest& request);
   ApiResponse Allocate(absl::string_view hash, absl::string_view client_id,
                        const ApiRequest& request);
@@ -120,6 +123,13 @@ class Api {
   Store& store_;
   const ApiOptions options_;
   common::Clock& clock_;
+
+  // GET /metrics: what the dispatcher decided, and its answers.
+  common::metrics::Registry metrics_;
+  common::metrics::Family<common::metrics::Counter>& requests_;
+  common::metrics::Family<common::metrics::Counter>& allocations_;
+  common::metrics::Family<common::metrics::Counter>& client_events_;
+  common::metrics::Family<common::metrics::Counter>& server_events_;
 
   absl::Mutex mu_;
   bool store_down_ ABSL_GUARDED_BY(mu_) = false;

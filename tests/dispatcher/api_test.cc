@@ -199,6 +199,40 @@ TEST_F(ApiTest, FifthClientGets409WithAJsonApiErrorsArray) {
       201);
 }
 
+TEST_F(ApiTest, MetricsCountAllocationsByResult) {
+  Register("0");
+  for (int c = 0; c < 5; ++c) {
+    Call("POST", absl::StrCat("/hidden/broker/", kHash, "/connections/c", c));
+  }
+  Call("POST", absl::StrCat("/hidden/broker/", kHash, "/connections/c0"));
+  Call("POST", absl::StrCat("/internal/brokerservers/0/connections/", kHash,
+                            "?broker_client_id=c0&request_type=client-pinged"));
+  ApiResponse metrics = Call("GET", "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_THAT(Header(metrics, "content-type"), HasSubstr("text/plain"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr(
+          "broker_dispatcher_allocations_total{result=\"allocated\"} 4\n"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr("broker_dispatcher_allocations_total{result=\"refused\"} 1\n"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr(
+          "broker_dispatcher_allocations_total{result=\"existing\"} 1\n"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr(
+          "broker_dispatcher_client_events_total{type=\"client-pinged\"} 1\n"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr(
+          "broker_dispatcher_server_events_total{type=\"registered\"} 1\n"));
+  EXPECT_THAT(metrics.body,
+              HasSubstr("broker_dispatcher_requests_total{code=\"409\"} 1\n"));
+}
+
 TEST_F(ApiTest, BadInputIs400WithACode) {
   Register("0");
   auto bad_hash = Call("POST", "/hidden/broker/ABC/connections/c1");
