@@ -14,6 +14,7 @@
 #include "services/server/relay.h"
 #include "services/server/tunnel_registry.h"
 #include "services/server/tunnel_service.h"
+#include "services/server/webhook_delivery.h"
 
 #include "grpcpp/grpcpp.h"
 
@@ -83,8 +84,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
       : config_(std::move(config)),
         executor_(config_.io_threads),
         rules_(std::move(rules)),
-        registry_(config_.max_clients_per_token),
-        tunnel_service_(registry_, this) {}
+        registry_(config_.max_clients_per_token) {}
 
   void OnWorkerConnected(const std::string& token_hash,
                          const std::string& client_id) override {
@@ -101,6 +101,16 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
 
   absl::StatusOr<BoundPorts> Start() override {
     BoundPorts ports;
+    // Webhooks (Tunnel.Deliver): the private rules and the platform client.
+    WebhookDeliveryOptions delivery_options;
+    delivery_options.ca_file = config_.ca_file;
+    delivery_options.request_timeout = config_.request_timeout;
+    BROKER_ASSIGN_OR_RETURN(
+        deliveries_,
+        WebhookDeliveries::Create(executor_.io(), rules_, config_.variables,
+                                  std::move(delivery_options)));
+    tunnel_service_ =
+        std::make_unique<TunnelService>(registry_, this, deliveries_.get());
     grpc::ServerBuilder builder;
     std::shared_ptr<grpc::ServerCredentials> credentials =
         grpc::InsecureServerCredentials();
@@ -116,7 +126,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     builder.AddListeningPort(
         absl::StrCat(config_.address, ":", config_.tunnel_port), credentials,
         &ports.tunnel);
-    builder.RegisterService(&tunnel_service_);
+    builder.RegisterService(tunnel_service_.get());
     // Explicit limits: Debian's gRPC 1.51 has no HTTP/2 DoS backports.
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1100);
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
@@ -178,7 +188,9 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
         draining_ = true;
       }
       const int told =
-          tunnel_service_.DrainAll("the broker server is stopping");
+          tunnel_service_
+              ? tunnel_service_->DrainAll("the broker server is stopping")
+              : 0;
       BROKER_LOG(kServer, kInfo, {{"workers", told}},
                  "draining: asked the workers to move to another server");
       if (told > 0 && !registry_.Empty()) {
@@ -474,11 +486,13 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     }
     headers.push_back({"snyk-request-id", pending.request_id});
     RelayRequest relay{std::move(pending.token_hash),
-                       std::move(pending.request_id), std::move(pending.url),
+                       std::move(pending.request_id),
+                       std::move(pending.url),
                        std::move(headers),
-                       absl::Now() + config_.request_timeout};
-    relay.held_body = std::move(held_body);
-    relay.unbuffered = std::move(unbuffered);
+                       absl::Now() + config_.request_timeout,
+                       /*attempt=*/0,
+                       std::move(held_body),
+                       std::move(unbuffered)};
     const std::string token_hash = relay.token_hash;
     // All lanes busy (a burst, or a worker still opening them): wait a
     // little for one rather than failing at once.
@@ -508,7 +522,10 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
   common::Executor executor_;
   std::shared_ptr<const filters::RuleSet> rules_;
   TunnelRegistry registry_;
-  TunnelService tunnel_service_;
+  // Set once in Start(), before the gRPC server; webhooks' platform calls
+  // end on executor_ (stopped first in Shutdown).
+  std::unique_ptr<WebhookDeliveries> deliveries_;
+  std::unique_ptr<TunnelService> tunnel_service_;
   // Set once in Start(), before the first worker can connect.
   std::unique_ptr<DispatcherLink> dispatcher_;
   std::unique_ptr<http::Client> peer_client_;  // forwarding, with dispatcher_

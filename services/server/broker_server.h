@@ -1,5 +1,6 @@
 #pragma once
 
+#include "filters/origin.h"
 #include "services/server/dispatcher_link.h"
 
 #include "absl/status/statusor.h"
@@ -15,12 +16,19 @@ namespace broker::server {
 // environment (PORT, BROKER_TUNNEL_PORT, ACCEPT, HTTPS_CERT, HTTPS_KEY, ...).
 struct ServerConfig {
   std::string address = "0.0.0.0";
-  int http_port = 7341;       // PORT: the platform's HTTP ingress
-  int tunnel_port = 7342;     // BROKER_TUNNEL_PORT: workers' gRPC tunnels
-  std::string accept_path;    // ACCEPT: public rules filter platform requests
+  int http_port = 7341;    // PORT: the platform's HTTP ingress
+  int tunnel_port = 7342;  // BROKER_TUNNEL_PORT: workers' gRPC tunnels
+  // ACCEPT: public rules filter platform requests, private rules webhooks
+  // (You => Snyk, Tunnel.Deliver) and choose their origin, the platform.
+  std::string accept_path;
   std::string tls_cert_file;  // HTTPS_CERT: TLS on both listeners when set
   std::string tls_key_file;   // HTTPS_KEY
   absl::Duration request_timeout = absl::Minutes(10);
+  // CA_CERT: extra trust toward the platform (webhooks), besides the system
+  // store; the dispatcher's copy is `dispatcher.ca_file`.
+  std::string ca_file;
+  // The environment, for ${VAR} in the private rules' origins and auth.
+  filters::Variables variables;
   // BROKER_MAX_BODY_BYTES: bodies stream, so this only bounds abuse.
   std::uint64_t max_body_bytes = 2ULL << 30;
   // BROKER_MAX_CLIENTS_PER_TOKEN: distinct workers per token (0: no limit).

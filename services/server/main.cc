@@ -29,8 +29,10 @@ int main(int argc, char** argv) {
            "  PORT                  platform HTTP ingress (default 7341)\n"
            "  BROKER_TUNNEL_PORT    gRPC tunnel endpoint for workers "
            "(default 7342)\n"
-           "  ACCEPT                accept rules file; its public rules filter "
-           "platform requests (required)\n"
+           "  ACCEPT                accept rules file (required): its public "
+           "rules filter platform requests, its private rules filter webhooks "
+           "(You => Snyk) and name their origin, the platform; ${VAR} in "
+           "origins and auth comes from the environment\n"
            "  HTTPS_CERT, HTTPS_KEY TLS on both listeners when set (PEM "
            "files)\n"
            "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
@@ -57,7 +59,8 @@ int main(int argc, char** argv) {
            "to (default http[s]://HOSTNAME:<port>)\n"
            "  BROKER_DRAIN_WAIT_MS  on SIGTERM, how long workers get to move "
            "(default 10000)\n"
-           "  CA_CERT               extra trust for an https dispatcher\n"
+           "  CA_CERT               extra trust toward the platform "
+           "(webhooks) and an https dispatcher\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n";
     return 0;
   }
@@ -119,7 +122,9 @@ int main(int argc, char** argv) {
       env.Optional("BROKER_SERVER_ADVERTISE_URL", "");
   config.dispatcher.internal_url =
       env.Optional("BROKER_SERVER_INTERNAL_URL", "");
-  config.dispatcher.ca_file = env.Optional("CA_CERT", "");
+  config.ca_file = env.Optional("CA_CERT", "");
+  config.dispatcher.ca_file = config.ca_file;
+  config.variables = broker::filters::Variables::FromEnviron(environ);
   auto drain_wait = env.DurationMs("BROKER_DRAIN_WAIT_MS", absl::Seconds(10));
   if (!drain_wait.ok()) return fail(drain_wait.status());
   config.drain_wait = *drain_wait;

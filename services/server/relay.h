@@ -34,7 +34,7 @@ struct RelayRequest {
 // Bodies up to this size are read whole before they are relayed, so that
 // the request can go to another worker if its tunnel breaks before the
 // answer starts. Larger bodies stream and fail fast instead.
-inline constexpr std::uint64_t kResendableBodyBytes = 64 * 1024;
+inline constexpr std::uint64_t kResendableBodyBytes = std::uint64_t{64} * 1024;
 
 // Streams one platform request down a taken lane and the worker's answer
 // back, both ways at once, one chunk in flight each way (docs/tunnel.md).

@@ -2,6 +2,7 @@
 
 #include "common/logging.h"
 #include "common/token.h"
+#include "services/server/webhook_delivery.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -9,11 +10,15 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
+#include <algorithm>
 #include <deque>
+#include <vector>
 
 namespace broker::server {
 namespace {
 
+using tunnel::v1::DeliverDown;
+using tunnel::v1::DeliverUp;
 using tunnel::v1::ServeDown;
 using tunnel::v1::ServerControl;
 using tunnel::v1::ServeUp;
@@ -455,6 +460,46 @@ int TunnelService::DrainAll(absl::string_view reason) {
   absl::MutexLock lock(&mu_);
   for (ControlReactor* reactor : controls_) reactor->Drain(reason);
   return static_cast<int>(controls_.size());
+}
+
+grpc::ServerBidiReactor<DeliverUp, DeliverDown>* TunnelService::Deliver(
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<CallIdentity> identity = IdentifyCall(*context);
+  if (!identity.ok()) {
+    return new RejectReactor<DeliverUp, DeliverDown>(ToGrpc(identity.status()));
+  }
+  if (deliveries_ == nullptr) {
+    return new RejectReactor<DeliverUp, DeliverDown>(grpc::Status(
+        grpc::StatusCode::UNIMPLEMENTED, "this server takes no webhooks"));
+  }
+  // Only a worker admitted here (its Control call is open) delivers: the
+  // token is not checked otherwise, so a token nobody connected with is
+  // refused as unknown.
+  const std::vector<TunnelRegistry::WorkerInfo> workers =
+      registry_.Workers(identity->token_hash);
+  const bool admitted = std::any_of(workers.begin(), workers.end(),
+                                    [&](const TunnelRegistry::WorkerInfo& w) {
+                                      return w.client_id == identity->client_id;
+                                    });
+  if (!admitted) {
+    BROKER_LOG(kServer, kWarn,
+               {{"hashed_token", identity->token_hash},
+                {"client_id", identity->client_id}},
+               "webhook delivery refused: {}",
+               workers.empty() ? "no broker client of this token is connected"
+                               : "this client has no admitted Control call");
+    return new RejectReactor<DeliverUp, DeliverDown>(
+        workers.empty()
+            ? grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                           "no broker client of this token is connected to "
+                           "this server")
+            : grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                           "deliver after Hello: this client has no "
+                           "admitted Control call on this server"));
+  }
+  // IdentifyCall checked the "Bearer " prefix.
+  std::string token = Metadata(*context, "authorization").substr(7);
+  return deliveries_->Start(*context, *std::move(identity), std::move(token));
 }
 
 grpc::ServerBidiReactor<ServeUp, ServeDown>* TunnelService::Serve(

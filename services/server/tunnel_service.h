@@ -33,19 +33,28 @@ class WorkerEvents {
 };
 
 class ControlReactor;
+class WebhookDeliveries;
 
 class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
  public:
-  // `events` may be null; it must outlive the service.
+  // `events` and `deliveries` may be null (without `deliveries`, Deliver
+  // is UNIMPLEMENTED); both must outlive the service.
   explicit TunnelService(TunnelRegistry& registry,
-                         WorkerEvents* events = nullptr)
-      : registry_(registry), events_(events) {}
+                         WorkerEvents* events = nullptr,
+                         WebhookDeliveries* deliveries = nullptr)
+      : registry_(registry), events_(events), deliveries_(deliveries) {}
 
   grpc::ServerBidiReactor<tunnel::v1::WorkerControl, tunnel::v1::ServerControl>*
   Control(grpc::CallbackServerContext* context) override;
 
   grpc::ServerBidiReactor<tunnel::v1::ServeUp, tunnel::v1::ServeDown>* Serve(
       grpc::CallbackServerContext* context) override;
+
+  // A webhook from an admitted worker (webhook_delivery.h): UNAUTHENTICATED
+  // without a bearer token or when no worker of the token is connected
+  // here, FAILED_PRECONDITION when this client id has no admitted Control.
+  grpc::ServerBidiReactor<tunnel::v1::DeliverUp, tunnel::v1::DeliverDown>*
+  Deliver(grpc::CallbackServerContext* context) override;
 
   // Sends Drain to every admitted worker: move to another server (in HA
   // mode, the next assignment), then let this tunnel go. Returns how many
@@ -60,6 +69,7 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
  private:
   TunnelRegistry& registry_;
   WorkerEvents* const events_;
+  WebhookDeliveries* const deliveries_;
   absl::Mutex mu_;
   absl::flat_hash_set<ControlReactor*> controls_ ABSL_GUARDED_BY(mu_);
 };
