@@ -12,6 +12,7 @@
 #include "filters/blocked.h"
 #include "filters/rule_set_holder.h"
 #include "services/tunnel/ha_assignment.h"
+#include "services/tunnel/webhook_egress.h"
 
 #include "broker/tunnel/v1/tunnel.grpc.pb.h"
 
@@ -118,7 +119,7 @@ class Worker final : public BrokerTunnel {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<int> Start() override;
+  absl::StatusOr<Ports> Start() override;
   void Shutdown(absl::Time deadline) override;
   bool Connected() const override {
     absl::MutexLock lock(&mu_);
@@ -168,6 +169,13 @@ class Worker final : public BrokerTunnel {
   void ScheduleReconnect() ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<ServeLane>> LiveLanes() ABSL_LOCKS_EXCLUDED(mu_);
   void HandleLocal(std::shared_ptr<http::Exchange> exchange);
+  // Where a webhook goes now: the admitted tunnel, if any.
+  std::optional<DeliveryRoute> WebhookRoute() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Tells broker-webhook (through the egress health status) whether this
+  // worker can pass events on.
+  void SetWebhookServing(bool serving) {
+    if (egress_) egress_->SetServing(serving);
+  }
   std::shared_ptr<grpc::Channel> MakeChannel(const std::string& url) const;
   // HA mode: a new assignment from broker-ha-agent (watcher thread).
   void Reassign(const ha::v1::Assignment& assignment) ABSL_LOCKS_EXCLUDED(mu_);
@@ -191,6 +199,7 @@ class Worker final : public BrokerTunnel {
   std::unique_ptr<SystemCheck> systemcheck_;  // calls through client_
   std::unique_ptr<http::Server> http_server_;
   std::unique_ptr<AssignmentWatcher> watcher_;  // HA mode only
+  std::unique_ptr<WebhookEgress> egress_;  // with BROKER_TUNNEL_EGRESS_PORT
 
   mutable absl::Mutex mu_;
   // The tunnel: where it goes and as whom. Fixed without HA; in HA mode
@@ -859,7 +868,13 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
   return grpc::CreateCustomChannel(target, credentials, args);
 }
 
-absl::StatusOr<int> Worker::Start() {
+std::optional<DeliveryRoute> Worker::WebhookRoute() const {
+  absl::MutexLock lock(&mu_);
+  if (!connected_ || stopping_) return std::nullopt;
+  return DeliveryRoute{stub_, client_id_};
+}
+
+absl::StatusOr<BrokerTunnel::Ports> Worker::Start() {
   if (config_.ha_agent_address.empty()) {
     absl::MutexLock lock(&mu_);
     channel_ = MakeChannel(server_url_);
@@ -874,10 +889,20 @@ absl::StatusOr<int> Worker::Start() {
                            [this](std::shared_ptr<http::Exchange> exchange) {
                              HandleLocal(std::move(exchange));
                            }));
-  BROKER_ASSIGN_OR_RETURN(int port, http_server_->Start());
+  Ports ports;
+  BROKER_ASSIGN_OR_RETURN(ports.http, http_server_->Start());
+  if (config_.egress_port >= 0) {
+    WebhookEgressOptions egress;
+    egress.address = config_.address;
+    egress.port = config_.egress_port;
+    egress.token = config_.token;
+    egress.route = [this] { return WebhookRoute(); };
+    BROKER_ASSIGN_OR_RETURN(egress_, WebhookEgress::Start(std::move(egress)));
+    ports.egress = egress_->port();
+  }
   if (config_.ha_agent_address.empty()) {
     Connect();
-    return port;
+    return ports;
   }
   // HA mode: broker-ha-agent says where to connect, and as which client.
   AssignmentWatcherOptions watch;
@@ -888,7 +913,7 @@ absl::StatusOr<int> Worker::Start() {
           watch, [this](const ha::v1::Assignment& a) { Reassign(a); }));
   BROKER_LOG(kTunnel, kInfo, {{"agent", config_.ha_agent_address}},
              "waiting for a server assignment from the HA agent");
-  return port;
+  return ports;
 }
 
 void Worker::Reassign(const ha::v1::Assignment& assignment) {
@@ -928,6 +953,7 @@ void Worker::Reassign(const ha::v1::Assignment& assignment) {
     backoff_ = kBackoffFirst;
     reconnect_timer_.cancel();
   }
+  SetWebhookServing(false);  // until the new tunnel is admitted
   if (leaving) leaving->Cancel();
   Connect();
 }
@@ -1010,6 +1036,7 @@ void Worker::OnControlUp(const ControlCall* call) {
       {{"url", server_url}, {"hashed_token", common::HashToken(config_.token)}},
       "tunnel connected to the broker server");
   Report(ha::v1::ReportRequest::CONNECTED, "");
+  SetWebhookServing(true);
   OpenLanes();
   for (const auto& lane : old_lanes) lane->CancelIfParked();
   if (leaving) leaving->Cancel();
@@ -1154,6 +1181,7 @@ void Worker::OnControlDown(const ControlCall* call,
       return;
     }
   }
+  SetWebhookServing(false);
   const bool refused =
       status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
       status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
@@ -1251,7 +1279,12 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
                      "the broker server is up and admitted.\n"
                      "# TYPE broker_tunnel_connected gauge\n"
                      "broker_tunnel_connected ",
-                     Connected() ? 1 : 0, "\n"));
+                     Connected() ? 1 : 0, "\n",
+                     "# HELP broker_tunnel_webhooks_total Webhook events "
+                     "this worker passed to the broker server.\n"
+                     "# TYPE broker_tunnel_webhooks_total counter\n"
+                     "broker_tunnel_webhooks_total ",
+                     egress_ ? egress_->delivered() : 0, "\n"));
     return;
   }
   if (path == "/filters" && request.method == "GET") {
@@ -1285,6 +1318,8 @@ void Worker::Shutdown(absl::Time deadline) {
   }
   if (leaving) leaving->Cancel();
   if (http_server_) http_server_->Shutdown(deadline);
+  // Events in flight finish through the tunnel, which stays until then.
+  if (egress_) egress_->Shutdown(deadline);
   {
     // In-flight requests finish first.
     absl::MutexLock lock(&mu_);

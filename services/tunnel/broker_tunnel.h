@@ -25,6 +25,9 @@ struct TunnelConfig {
   std::string ha_agent_address;
   std::string address = "0.0.0.0";
   int http_port = 8000;  // PORT: /healthcheck, /systemcheck, /filters
+  // BROKER_TUNNEL_EGRESS_PORT: the gRPC endpoint broker-webhook hands
+  // events to (0: any free port); unset (-1): no webhook egress.
+  int egress_port = -1;
   // BROKER_TUNNEL_LANES: the fewest idle lanes kept parked; the pool grows
   // to the most requests in flight at once (each idle lane costs the server
   // about 19 KiB).
@@ -51,8 +54,12 @@ class BrokerTunnel {
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<BrokerTunnel>> Create(
       TunnelConfig config);
   virtual ~BrokerTunnel() = default;
-  // Starts the local HTTP server (returns its port) and the tunnel.
-  [[nodiscard]] virtual absl::StatusOr<int> Start() = 0;
+  struct Ports {
+    int http = 0;
+    int egress = 0;  // 0 without webhook egress
+  };
+  // Starts the local HTTP server, the webhook egress and the tunnel.
+  [[nodiscard]] virtual absl::StatusOr<Ports> Start() = 0;
   // Stops taking requests, finishes in-flight ones until `deadline`.
   virtual void Shutdown(absl::Time deadline) = 0;
   // Whether the Control call is up (for health checks).

@@ -59,6 +59,10 @@ int main(int argc, char** argv) {
            "broker-ha-agent\n"
            "  BROKER_HA_AGENT_ADDR  host:port of the agent (default "
            "127.0.0.1:7343 in HA mode)\n"
+           "  BROKER_TUNNEL_EGRESS_PORT  gRPC port where broker-webhook hands "
+           "over webhooks\n"
+           "                        (0: any free port; unset: no webhook "
+           "egress)\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n"
            "  any other variable    available to ${VAR} in accept rules\n";
     return 0;
@@ -81,6 +85,12 @@ int main(int argc, char** argv) {
   auto port = env.Port("PORT", 8000, broker::common::PortZero::kAllowed);
   if (!port.ok()) return fail(port.status());
   config.http_port = *port;
+  if (!env.Optional("BROKER_TUNNEL_EGRESS_PORT", "").empty()) {
+    auto egress = env.Port("BROKER_TUNNEL_EGRESS_PORT", 0,
+                           broker::common::PortZero::kAllowed);
+    if (!egress.ok()) return fail(egress.status());
+    config.egress_port = *egress;
+  }
   config.client_url = env.Optional("BROKER_CLIENT_URL", "");
   auto ha = env.Bool("BROKER_HA_MODE_ENABLED", false);
   if (!ha.ok()) return fail(ha.status());
@@ -133,8 +143,8 @@ int main(int argc, char** argv) {
   if (!tunnel.ok()) return fail(tunnel.status());
   auto bound = (*tunnel)->Start();
   if (!bound.ok()) return fail(bound.status());
-  std::cout << "{\"msg\":\"broker-tunnel listening\",\"port\":" << *bound << "}"
-            << std::endl;
+  std::cout << "{\"msg\":\"broker-tunnel listening\",\"port\":" << bound->http
+            << ",\"egress_port\":" << bound->egress << "}" << std::endl;
   broker::common::WaitForTerminationSignal();
   (*tunnel)->Shutdown(absl::Now() + absl::Seconds(30));
   return 0;

@@ -103,6 +103,7 @@ absl::StatusOr<TunnelProcess> StartTunnel(
   auto port = JsonInt(lines->front(), "port");
   if (!port.ok()) return port.status();
   tunnel.http_port = *port;
+  tunnel.egress_port = JsonInt(lines->front(), "egress_port").value_or(0);
   // The server registered the worker too.
   auto connected = server.WaitForLine("broker client connected", kStartTimeout);
   if (!connected.ok()) return connected.status();

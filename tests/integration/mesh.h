@@ -25,6 +25,7 @@ struct ServerProcess {
 struct TunnelProcess {
   std::unique_ptr<ChildProcess> process;
   int http_port = 0;
+  int egress_port = 0;  // with BROKER_TUNNEL_EGRESS_PORT set, else 0
 };
 
 // Prints what `process` wrote to stdout, under a "--- <name> stdout" line
