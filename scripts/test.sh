@@ -17,6 +17,9 @@ scripts/setup.sh
 step "Checking formatting (clang-format)"
 scripts/check_format.sh
 
+step "Checking the Helm charts (helm lint, rendered manifests)"
+scripts/check_charts.sh
+
 step "Building with g++ -Werror (build/gcc)"
 cmake -S . -B build/gcc -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DBROKER_WERROR=ON -DCMAKE_CXX_COMPILER=g++ >/dev/null
