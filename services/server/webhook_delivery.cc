@@ -599,6 +599,16 @@ class DeliverReactor final
       } else if (in_.has_body() && !OverLength(in_.body().size())) {
         body_bytes_ += in_.body().size();
         chunk.data = std::move(*in_.mutable_body());
+        if (head_.body_length() >= 0 &&
+            body_bytes_ == static_cast<std::uint64_t>(head_.body_length())) {
+          // The last byte of a Content-Length body: with it the platform
+          // has the whole request, whether or not the worker's end marker
+          // follows (its worker may die first). Complete now, so that the
+          // call goes on and its answer is kept for a retry.
+          body_complete_ = true;
+          complete = true;
+          chunk.last = true;
+        }
       } else if (in_.has_body()) {
         body_failed_ = true;
         status = absl::InvalidArgumentError(
