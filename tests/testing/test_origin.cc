@@ -444,7 +444,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
     if (path_ == "/echo-body") {
       EchoBody();
-    } else if (path_ == "/echo") {
+    } else if (path_ == "/echo" || absl::StartsWith(path_, "/webhook/")) {
       DrainBody([self] { self->RespondEcho(); });
     } else if (path_ == "/headers") {
       DrainBody([self] {
@@ -569,6 +569,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void RespondEcho() {
+    if (origin_.options().on_echoed) {
+      origin_.options().on_echoed(ToAbsl(parser_->get().method_string()),
+                                  path_);
+    }
     nlohmann::json echo;
     echo["method"] = std::string(parser_->get().method_string());
     echo["path"] = path_;

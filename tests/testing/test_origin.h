@@ -7,6 +7,8 @@
 //   ANY /echo              200 JSON {"method","path","query","headers":{..},
 //                          "body_sha256","body_bytes"}; header names are
 //                          lower-cased, repeated headers joined with ", ".
+//   ANY /webhook/<path>    the same as /echo: the platform's webhook
+//                          endpoint in the You => Snyk tests.
 //   ANY /echo-body         the request body streamed back unchanged, with the
 //                          request's Content-Type (Content-Length when the
 //                          request had one, chunked otherwise).
@@ -68,6 +70,10 @@ struct TestOriginOptions {
   // tests use it to know a request reached the origin).
   std::function<void(absl::string_view method, absl::string_view target)>
       on_request;
+  // Called when /echo (or /webhook/) read a whole request body and answers:
+  // the request arrived complete, not only its head.
+  std::function<void(absl::string_view method, absl::string_view path)>
+      on_echoed;
   // Called when the client left while /slow/<ms> was waiting (tests of
   // cancellation use it to know the origin call was dropped).
   std::function<void(absl::string_view target)> on_client_gone;

@@ -57,10 +57,16 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  // One line per request head, for integration tests to wait on.
+  // One line per request head, and one per whole request /echo answered,
+  // for integration tests to wait on and count.
   options.on_request = [](absl::string_view method, absl::string_view target) {
     std::printf("request %.*s %.*s\n", static_cast<int>(method.size()),
                 method.data(), static_cast<int>(target.size()), target.data());
+    std::fflush(stdout);
+  };
+  options.on_echoed = [](absl::string_view method, absl::string_view path) {
+    std::printf("echoed %.*s %.*s\n", static_cast<int>(method.size()),
+                method.data(), static_cast<int>(path.size()), path.data());
     std::fflush(stdout);
   };
   options.on_client_gone = [](absl::string_view target) {
