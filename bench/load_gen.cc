@@ -5,9 +5,9 @@
 //       N keep-alive connections, each sending its next request as soon as
 //       the previous answer is read: throughput and latency.
 //   load_gen open     --url U --rate R [--duration 10] [--warmup 1]
-//                     [--connections 32]
+//                     [--connections 32] [--post-bytes N]
 //       R requests per second on a fixed schedule over a pool of keep-alive
-//       connections. Latency counts from each request's intended send time,
+//       connections (GETs, or POSTs of N bytes with --post-bytes). Latency counts from each request's intended send time,
 //       so a stall is charged to every request scheduled behind it (no
 //       coordinated omission).
 //   load_gen download --url U [--rate BYTES_PER_S] [--read-size 65536]
@@ -449,10 +449,10 @@ int RunClosed(const Args& args, const Url& url) {
 // queue until a pooled connection is free; latency runs from the due time.
 class OpenLoop {
  public:
-  OpenLoop(const Url& url, double rate, int connections,
+  OpenLoop(std::string request, double rate, int connections,
            Clock::time_point start, Clock::time_point measure_from,
            Clock::time_point until)
-      : request_(RequestHead(url, "GET", std::nullopt)),
+      : request_(std::move(request)),
         period_(std::chrono::duration_cast<Clock::duration>(
             std::chrono::duration<double>(1.0 / rate))),
         connections_(connections),
@@ -549,7 +549,8 @@ int RunOpen(const Args& args, const Url& url) {
   auto connections = Number(args, "connections", 32);
   auto duration = Number(args, "duration", 10);
   auto warmup = Number(args, "warmup", 1);
-  for (const auto* s : {&rate, &connections, &duration, &warmup}) {
+  auto post_bytes = Number(args, "post-bytes", 0);
+  for (const auto* s : {&rate, &connections, &duration, &warmup, &post_bytes}) {
     if (!s->ok()) {
       std::cerr << "load_gen: " << s->status().message() << "\n";
       return 2;
@@ -567,7 +568,13 @@ int RunOpen(const Args& args, const Url& url) {
   const Clock::time_point until =
       measure_from + std::chrono::duration_cast<Clock::duration>(
                          std::chrono::duration<double>(*duration));
-  OpenLoop loop(url, *rate, std::max(1, static_cast<int>(*connections)), start,
+  std::string request = RequestHead(url, "GET", std::nullopt);
+  if (*post_bytes > 0) {
+    const auto n = static_cast<std::uint64_t>(*post_bytes);
+    request = RequestHead(url, "POST", n) + std::string(n, 'x');
+  }
+  OpenLoop loop(std::move(request), *rate,
+                std::max(1, static_cast<int>(*connections)), start,
                 measure_from, until);
   absl::Status status = loop.Run(url, std::chrono::seconds(10));
   if (!status.ok()) {
