@@ -200,6 +200,12 @@ absl::StatusOr<std::unique_ptr<WebhookEgress>> WebhookEgress::Start(
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // broker-webhook finds workers by DNS (a headless Service) and resolves
+  // again when a connection ends: closing each connection after a while
+  // makes it notice workers added behind the name. Events in flight get a
+  // minute to finish, twice broker-webhook's default deadline.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 60 * 1000);
   egress->server_ = builder.BuildAndStart();
   if (egress->server_ == nullptr || egress->port_ == 0) {
     return absl::UnavailableError(
