@@ -354,34 +354,34 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
       }
       // A small body is read whole first, so that the request can be
       // re-sent if its worker dies (RelayRequest::held_body).
-      ReadWholeBody(exchange, kResendableBodyBytes,
-                    [this, exchange, pending = std::move(pending)](
-                        absl::StatusOr<std::string> body) mutable {
-                      if (!body.ok()) {
-                        RespondBodyError(*exchange, pending, body.status());
-                        return;
-                      }
-                      ForwardHeld(exchange, std::move(pending),
-                                  *std::move(body));
-                    });
+      http::ReadWholeBody(
+          exchange, kResendableBodyBytes,
+          [this, exchange, pending = std::move(pending)](
+              absl::StatusOr<std::string> body) mutable {
+            if (!body.ok()) {
+              RespondBodyError(*exchange, pending, body.status());
+              return;
+            }
+            ForwardHeld(exchange, std::move(pending), *std::move(body));
+          });
       return;
     }
     // A body-check rule could decide: read the body (bounded), then relay
     // it from the buffer. Everything else above streams.
     const std::uint64_t limit =
         std::min(kMaxInspectedBodyBytes, config_.max_body_bytes);
-    ReadWholeBody(exchange, limit,
-                  [this, exchange, pending = std::move(pending)](
-                      absl::StatusOr<std::string> body) mutable {
-                    if (!body.ok()) {
-                      RespondBodyError(*exchange, pending, body.status());
-                      return;
-                    }
-                    if (PublicRulesAllow(*exchange, pending, *body)) {
-                      ForwardHeld(exchange, std::move(pending),
-                                  *std::move(body));
-                    }
-                  });
+    http::ReadWholeBody(exchange, limit,
+                        [this, exchange, pending = std::move(pending)](
+                            absl::StatusOr<std::string> body) mutable {
+                          if (!body.ok()) {
+                            RespondBodyError(*exchange, pending, body.status());
+                            return;
+                          }
+                          if (PublicRulesAllow(*exchange, pending, *body)) {
+                            ForwardHeld(exchange, std::move(pending),
+                                        *std::move(body));
+                          }
+                        });
   }
 
   // No worker of the token here. In HA mode another server may hold one:

@@ -1,6 +1,5 @@
 #include "services/server/buffered_body.h"
 
-#include "absl/strings/str_cat.h"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/post.hpp"
 
@@ -11,51 +10,6 @@ namespace broker::server {
 namespace {
 
 namespace http = common::http;
-
-absl::Status TooLarge(std::uint64_t max_bytes) {
-  return absl::ResourceExhaustedError(
-      absl::StrCat("the body is over the ", max_bytes,
-                   " bytes the server reads to check body rules"));
-}
-
-// One ReadWholeBody(): reads chunk after chunk (each handler runs on the
-// exchange's strand, after the Read() call returned) until `last`.
-class WholeBodyRead : public std::enable_shared_from_this<WholeBodyRead> {
- public:
-  WholeBodyRead(std::shared_ptr<http::Exchange> exchange,
-                std::uint64_t max_bytes,
-                absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done)
-      : exchange_(std::move(exchange)),
-        max_bytes_(max_bytes),
-        done_(std::move(done)) {}
-
-  void Next() {
-    auto self = shared_from_this();
-    exchange_->body().Read(
-        [self](const absl::Status& status, const http::BodyChunk& chunk) {
-          if (!status.ok()) {
-            std::move(self->done_)(status);
-            return;
-          }
-          if (chunk.data.size() > self->max_bytes_ - self->body_.size()) {
-            std::move(self->done_)(TooLarge(self->max_bytes_));
-            return;
-          }
-          self->body_ += chunk.data;
-          if (chunk.last) {
-            std::move(self->done_)(std::move(self->body_));
-            return;
-          }
-          self->Next();
-        });
-  }
-
- private:
-  const std::shared_ptr<http::Exchange> exchange_;
-  const std::uint64_t max_bytes_;
-  absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done_;
-  std::string body_;  // touched by one handler at a time
-};
 
 // Hands out a held body. State lives in a shared block so that a handler
 // posted to `io` stays valid if the exchange goes first.
@@ -128,19 +82,6 @@ class BufferedExchange final : public http::Exchange {
 };
 
 }  // namespace
-
-void ReadWholeBody(
-    std::shared_ptr<http::Exchange> exchange, std::uint64_t max_bytes,
-    absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
-  const auto& declared = exchange->request().content_length;
-  if (declared && *declared > max_bytes) {
-    std::move(done)(TooLarge(max_bytes));
-    return;
-  }
-  std::make_shared<WholeBodyRead>(std::move(exchange), max_bytes,
-                                  std::move(done))
-      ->Next();
-}
 
 std::shared_ptr<http::Exchange> WithBufferedBody(
     boost::asio::io_context& io, std::shared_ptr<http::Exchange> inner,

@@ -2,11 +2,12 @@
 
 // Body buffering for the few platform requests whose public rules read the
 // body (`valid` body or body-regex checks, see filters::RuleSet::NeedsBody).
-// Such a request's body is read whole, bounded, evaluated, and then relayed
-// from the buffer through an Exchange that replays it; every other request
-// streams untouched (docs/tunnel.md).
+// Such a request's body is read whole (common::http::ReadWholeBody),
+// bounded, evaluated, and then relayed from the buffer through an Exchange
+// that replays it; every other request streams untouched (docs/tunnel.md).
 
 #include "common/http/server.h"
+#include "common/http/whole_body.h"
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
@@ -31,15 +32,6 @@ inline constexpr std::uint64_t kMaxInspectedBodyBytes =
 // Largest chunk the replayed body hands out: well under the tunnel's 1 MiB
 // gRPC message limit.
 inline constexpr std::size_t kReplayChunkBytes = std::size_t{64} * 1024;
-
-// Reads the whole body of `exchange`, at most `max_bytes`. `done` runs once,
-// on the exchange's strand, with the body; ResourceExhausted when it is
-// longer (a declared Content-Length over the limit fails at once, inside
-// the call, reading nothing); or the read's error (the platform went away,
-// malformed chunking).
-void ReadWholeBody(
-    std::shared_ptr<common::http::Exchange> exchange, std::uint64_t max_bytes,
-    absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
 
 // `inner` with its body replaced by `body`, which was read from it whole:
 // request() reports Content-Length body.size() (no chunking), body() hands

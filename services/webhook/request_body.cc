@@ -12,50 +12,6 @@ namespace {
 
 namespace http = common::http;
 
-absl::Status TooLarge(std::uint64_t max_bytes) {
-  return absl::ResourceExhaustedError(
-      absl::StrCat("the request body exceeds ", max_bytes, " bytes"));
-}
-
-class WholeBodyRead : public std::enable_shared_from_this<WholeBodyRead> {
- public:
-  WholeBodyRead(std::shared_ptr<http::Exchange> exchange,
-                std::uint64_t max_bytes,
-                absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done)
-      : exchange_(std::move(exchange)),
-        max_bytes_(max_bytes),
-        done_(std::move(done)) {}
-
-  // Each handler runs on the exchange's strand after Read() returned, and
-  // the next Read starts from it: one step at a time touches body_.
-  void Next() {
-    exchange_->body().Read(
-        [self = shared_from_this()](const absl::Status& status,
-                                    const http::BodyChunk& chunk) {
-          if (!status.ok()) {
-            std::move(self->done_)(status);
-            return;
-          }
-          if (chunk.data.size() > self->max_bytes_ - self->body_.size()) {
-            std::move(self->done_)(TooLarge(self->max_bytes_));
-            return;
-          }
-          self->body_ += chunk.data;
-          if (chunk.last) {
-            std::move(self->done_)(std::move(self->body_));
-            return;
-          }
-          self->Next();
-        });
-  }
-
- private:
-  const std::shared_ptr<http::Exchange> exchange_;
-  const std::uint64_t max_bytes_;
-  absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done_;
-  std::string body_;
-};
-
 // The reader's position lives in a shared block: a handler still pending
 // when the client drops the reader stays valid.
 class FromStartReader final : public http::BodyReader {
@@ -240,19 +196,6 @@ absl::Status RequestBody::error() const {
 std::unique_ptr<http::BodyReader> ReadFromStart(
     std::shared_ptr<RequestBody> body) {
   return std::make_unique<FromStartReader>(std::move(body));
-}
-
-void ReadWholeBody(
-    std::shared_ptr<http::Exchange> exchange, std::uint64_t max_bytes,
-    absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
-  const auto& declared = exchange->request().content_length;
-  if (declared && *declared > max_bytes) {
-    std::move(done)(TooLarge(max_bytes));
-    return;
-  }
-  std::make_shared<WholeBodyRead>(std::move(exchange), max_bytes,
-                                  std::move(done))
-      ->Next();
 }
 
 }  // namespace broker::webhook

@@ -95,12 +95,4 @@ class RequestBody : public std::enable_shared_from_this<RequestBody> {
 std::unique_ptr<common::http::BodyReader> ReadFromStart(
     std::shared_ptr<RequestBody> body);
 
-// Reads the whole body of `exchange`, at most `max_bytes`. `done` runs
-// once, on the exchange's strand (or inside the call when the declared
-// Content-Length is over the limit): with the body, ResourceExhausted when
-// it is longer, or the read's error.
-void ReadWholeBody(
-    std::shared_ptr<common::http::Exchange> exchange, std::uint64_t max_bytes,
-    absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
-
 }  // namespace broker::webhook

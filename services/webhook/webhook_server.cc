@@ -3,6 +3,7 @@
 #include "common/executor.h"
 #include "common/grpc/rpc_metrics.h"
 #include "common/http/server.h"
+#include "common/http/whole_body.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/uuid.h"
@@ -170,7 +171,7 @@ class DefaultWebhookServer final : public WebhookServer {
     }
     // A body rule may decide: read the body whole (bounded by the body
     // limit), check it, then deliver it from the copy (always replayable).
-    ReadWholeBody(
+    http::ReadWholeBody(
         exchange, config_.max_body_bytes,
         [this, exchange,
          event = std::move(event)](absl::StatusOr<std::string> body) mutable {

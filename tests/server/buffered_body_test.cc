@@ -120,21 +120,22 @@ class BufferedBodyTest : public ::testing::Test {
     auto server = http::Server::Create(
         executor_.io(), LoopbackOptions(),
         [this](std::shared_ptr<http::Exchange> exchange) {
-          ReadWholeBody(exchange, kLimit,
-                        [this, exchange](absl::StatusOr<std::string> body) {
-                          if (!body.ok()) {
-                            exchange->RespondSimple(
-                                body.status().code() ==
-                                        absl::StatusCode::kResourceExhausted
-                                    ? 413
-                                    : 400,
-                                {}, std::string(body.status().message()));
-                            return;
-                          }
-                          ReadReplay(WithBufferedBody(executor_.io(), exchange,
-                                                      *std::move(body)),
-                                     std::make_shared<Replay>());
-                        });
+          common::http::ReadWholeBody(
+              exchange, kLimit,
+              [this, exchange](absl::StatusOr<std::string> body) {
+                if (!body.ok()) {
+                  exchange->RespondSimple(
+                      body.status().code() ==
+                              absl::StatusCode::kResourceExhausted
+                          ? 413
+                          : 400,
+                      {}, std::string(body.status().message()));
+                  return;
+                }
+                ReadReplay(WithBufferedBody(executor_.io(), exchange,
+                                            *std::move(body)),
+                           std::make_shared<Replay>());
+              });
         });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
