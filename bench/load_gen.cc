@@ -7,9 +7,9 @@
 //   load_gen open     --url U --rate R [--duration 10] [--warmup 1]
 //                     [--connections 32] [--post-bytes N]
 //       R requests per second on a fixed schedule over a pool of keep-alive
-//       connections (GETs, or POSTs of N bytes with --post-bytes). Latency counts from each request's intended send time,
-//       so a stall is charged to every request scheduled behind it (no
-//       coordinated omission).
+//       connections (GETs, or POSTs of N bytes with --post-bytes). Latency
+//       counts from each request's intended send time, so a stall is charged to
+//       every request scheduled behind it (no coordinated omission).
 //   load_gen download --url U [--rate BYTES_PER_S] [--read-size 65536]
 //                     [--max-seconds S] [--watch NAME=PID]...
 //       One GET whose body is read read-size bytes at a time; with --rate, a
