@@ -1,5 +1,6 @@
 #include "services/server/tunnel_registry.h"
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 #include <algorithm>
@@ -185,12 +186,21 @@ void TunnelRegistry::TakeOrWait(boost::asio::io_context& io,
 std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
     Token& token, absl::string_view avoid, absl::Time now) {
   const std::size_t n = token.workers.size();
-  // The fastest measured latency among the workers that could serve.
-  absl::Duration fastest = absl::InfiniteDuration();
-  for (const Worker& worker : token.workers) {
-    if (worker.idle.empty() || worker.info.client_id == avoid) continue;
-    if (worker.info.latency > absl::ZeroDuration()) {
-      fastest = std::min(fastest, worker.info.latency);
+  // The typical measured latency (the lower median) of the workers that
+  // could serve: one lucky fast worker does not make the others slow.
+  absl::Duration typical = absl::InfiniteDuration();
+  {
+    absl::InlinedVector<absl::Duration, 4> measured;
+    for (const Worker& worker : token.workers) {
+      if (worker.idle.empty() || worker.info.client_id == avoid) continue;
+      if (worker.info.latency_samples >= kSlowAfterSamples) {
+        measured.push_back(worker.info.latency);
+      }
+    }
+    if (!measured.empty()) {
+      auto median = measured.begin() + (measured.size() - 1) / 2;
+      std::nth_element(measured.begin(), median, measured.end());
+      typical = *median;
     }
   }
   Worker* best = nullptr;
@@ -202,16 +212,16 @@ std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
     Worker& worker = token.workers[i];
     if (worker.idle.empty() || worker.info.client_id == avoid) continue;
     double slowness = 1;
-    if (fastest != absl::InfiniteDuration() &&
+    if (typical != absl::InfiniteDuration() &&
         worker.info.latency_samples >= kSlowAfterSamples &&
-        worker.info.latency >= fastest * kSlowRatio &&
-        worker.info.latency - fastest >= kSlowMargin) {
+        worker.info.latency >= typical * kSlowRatio &&
+        worker.info.latency - typical >= kSlowMargin) {
       if (now - worker.last_taken >= kProbeInterval) {
         best = &worker;  // time to measure it again
         best_index = i;
         break;
       }
-      slowness = absl::FDivDuration(worker.info.latency, fastest);
+      slowness = absl::FDivDuration(worker.info.latency, typical);
     }
     const double cost =
         static_cast<double>(worker.info.in_flight + 1) * slowness;

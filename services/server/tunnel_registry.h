@@ -26,9 +26,10 @@ namespace broker::server {
 // takes a lane of the worker with the fewest requests in flight (ties broken
 // round-robin), as ARCHITECTURE.md section 4 asks, with one refinement: a
 // worker whose answers come markedly slower than its peers' (a moving
-// average of the time to the answer's head, kSlowRatio times the fastest
-// worker's and kSlowMargin more) counts its load multiplied by that ratio,
-// so it only gets work when the fast ones are that much busier.
+// average of the time to the answer's head, kSlowRatio times the token's
+// typical worker's, the lower median, and kSlowMargin more) counts its load
+// multiplied by that ratio, so it only gets work when the others are that
+// much busier.
 // Fewest-in-flight alone would still hand a 10x slower worker a quarter of a
 // light load, and its slow answers would become everyone's tail latency. A
 // slowed worker is probed with one request every kProbeInterval, so it earns
@@ -62,10 +63,11 @@ class TunnelRegistry {
   };
 
   // A worker counts as slow when its latency is at least this many times
-  // the token's fastest worker's, and this much more: scheduling noise of
-  // a busy machine never makes a worker slow.
-  static constexpr double kSlowRatio = 2.0;
-  static constexpr absl::Duration kSlowMargin = absl::Milliseconds(5);
+  // the token's typical worker's (the lower median), and this much more:
+  // the scheduling noise of a busy machine (or a sanitizer build) never
+  // makes a worker slow.
+  static constexpr double kSlowRatio = 3.0;
+  static constexpr absl::Duration kSlowMargin = absl::Milliseconds(10);
   // ... and only once this many of its answers were measured.
   static constexpr int kSlowAfterSamples = 5;
   // A slow worker gets a request at least this often, to measure it again.
