@@ -198,7 +198,7 @@ std::optional<TunnelRegistry::Taken> TunnelRegistry::TakeLocked(
       }
     }
     if (!measured.empty()) {
-      auto median = measured.begin() + (measured.size() - 1) / 2;
+      absl::Duration* median = measured.begin() + (measured.size() - 1) / 2;
       std::nth_element(measured.begin(), median, measured.end());
       typical = *median;
     }
