@@ -135,8 +135,8 @@ void AppendJsonString(Buffer& out, absl::string_view text) {
 }
 
 bool IsReservedKey(absl::string_view key) {
-  return key == "time" || key == "level" || key == "component" ||
-         key == "msg" || key == "format_error";
+  return key == "time" || key == "level" || key == "service" ||
+         key == "component" || key == "msg" || key == "format_error";
 }
 
 void AppendField(Buffer& out, const LogField& field) {
@@ -215,6 +215,13 @@ void AppendTime(Buffer& out, std::chrono::system_clock::time_point time) {
                  static_cast<int>(since_epoch.count() % 1000));
 }
 
+// The "service" member: set by InitLogging() before any thread starts,
+// read-only afterwards.
+std::string& ServiceName() {
+  static auto* name = new std::string();
+  return *name;
+}
+
 // Turns a record into the JSON line. The payload is already the rendered
 // members from "msg" on (see EmitLog); the logger name is the component.
 class JsonLineFormatter final : public spdlog::formatter {
@@ -224,7 +231,12 @@ class JsonLineFormatter final : public spdlog::formatter {
     AppendTime(dest, msg.time);
     Append(dest, "\",\"level\":\"");
     Append(dest, SpdlogLevelName(msg.level));
-    Append(dest, "\",\"component\":");
+    dest.push_back('"');
+    if (!ServiceName().empty()) {
+      Append(dest, ",\"service\":");
+      AppendJsonString(dest, ServiceName());
+    }
+    Append(dest, ",\"component\":");
     AppendJsonString(dest, absl::string_view(msg.logger_name.data(),
                                              msg.logger_name.size()));
     dest.push_back(',');
@@ -365,9 +377,10 @@ absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view level) {
                    "\" (want debug, info, warn or error)"));
 }
 
-absl::Status InitLogging(absl::string_view level) {
+absl::Status InitLogging(absl::string_view level, absl::string_view service) {
   auto parsed = ParseLogLevel(level);
   if (!parsed.ok()) return parsed.status();
+  ServiceName() = std::string(service);
   GetBackend();  // create the sinks now rather than on the first line
   SetLogLevel(*parsed);
   return absl::OkStatus();

@@ -3,8 +3,9 @@
 // The one logging facade (STYLE 5.9). Every line is one JSON object on
 // stdout, for Kubernetes:
 //
-//   {"time":"2024-11-25T01:04:05.123Z","level":"info","component":"tunnel",
-//    "msg":"Relayed 512 bytes","request_id":"r-1","hashed_token":"9f86..."}
+//   {"time":"2024-11-25T01:04:05.123Z","level":"info",
+//    "service":"broker-tunnel","component":"tunnel","msg":"Relayed 512 bytes",
+//    "request_id":"r-1","hashed_token":"9f86..."}
 //
 // Call sites use BROKER_LOG only:
 //
@@ -67,9 +68,12 @@ absl::string_view LogComponentName(LogComponent component);
 // documented); anything else is InvalidArgument naming the value.
 [[nodiscard]] absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view level);
 
-// Sets the minimum level from its name (see ParseLogLevel). Logging works
-// before this is called, at level info. Called by main(), once.
-[[nodiscard]] absl::Status InitLogging(absl::string_view level);
+// Sets the minimum level from its name (see ParseLogLevel) and the
+// "service" member of every line (the binary's name; omitted when empty).
+// Logging works before this is called, at level info. Called by main(),
+// once, before it starts any thread.
+[[nodiscard]] absl::Status InitLogging(absl::string_view level,
+                                       absl::string_view service = "");
 
 void SetLogLevel(LogLevel level);
 LogLevel GetLogLevel();

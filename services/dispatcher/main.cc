@@ -77,8 +77,8 @@ int main(int argc, char** argv) {
       env.DurationMs("BROKER_DISPATCHER_SERVER_TTL_MS", absl::Seconds(30));
   if (!server_ttl.ok()) return fail(server_ttl.status());
   config.server_ttl = *server_ttl;
-  absl::Status logging =
-      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  absl::Status logging = broker::common::InitLogging(
+      env.Optional("LOG_LEVEL", "info"), "broker-dispatcher");
   if (!logging.ok()) return fail(logging);
   absl::Status valid = broker::dispatcher::Validate(config);
   if (!valid.ok()) return fail(valid);

@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
       broker::webhook::WebhookConfigFromEnv(
           broker::common::EnvReader::FromEnviron());
   if (!config.ok()) return fail(config.status());
-  absl::Status logging = broker::common::InitLogging(config->log_level);
+  absl::Status logging =
+      broker::common::InitLogging(config->log_level, "broker-webhook");
   if (!logging.ok()) return fail(logging);
 
   auto server = broker::webhook::WebhookServer::Create(*std::move(config));

@@ -90,6 +90,25 @@ TEST(LoggingTest, InitLoggingSetsTheLevel) {
   SetLogLevel(before);
 }
 
+TEST(LoggingTest, InitLoggingNamesTheServiceOnEveryLine) {
+  const LogLevel before = GetLogLevel();
+  ASSERT_THAT(InitLogging("info", "broker-test"), IsOk());
+  {
+    ScopedLogCapture capture(LogLevel::kInfo);
+    BROKER_LOG(kServer, kInfo, {{"service", "spoofed"}}, "one");
+    const nlohmann::json record = OnlyRecord(capture);
+    EXPECT_EQ(record["service"], "broker-test");
+    EXPECT_EQ(record["field.service"], "spoofed");
+  }
+  ASSERT_THAT(InitLogging("info"), IsOk());
+  {
+    ScopedLogCapture capture(LogLevel::kInfo);
+    BROKER_LOG(kServer, kInfo, {}, "two");
+    EXPECT_FALSE(OnlyRecord(capture).contains("service"));
+  }
+  SetLogLevel(before);
+}
+
 TEST(LoggingTest, LineIsOneJsonObjectWithTheStandardMembers) {
   ScopedLogCapture capture(LogLevel::kInfo);
   BROKER_LOG(kTunnel, kInfo, {}, "Relayed {} bytes to {}", 512, "github");

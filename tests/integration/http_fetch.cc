@@ -1,5 +1,7 @@
 #include "tests/integration/http_fetch.h"
 
+#include "tests/testing/child_process.h"
+
 #include "absl/synchronization/notification.h"
 
 namespace broker::testing {
@@ -64,6 +66,18 @@ absl::StatusOr<Fetched> Fetcher::Fetch(const std::string& method,
                                        bool chunked, absl::Duration timeout) {
   if (client_ == nullptr) {
     return absl::FailedPreconditionError("the client options were rejected");
+  }
+  // The token in a platform URL (/broker/<token>/...) is a secret no
+  // broker may log.
+  const size_t authority = url.find("://");
+  const size_t path = authority == std::string::npos
+                          ? std::string::npos
+                          : url.find('/', authority + 3);
+  if (path != std::string::npos && url.compare(path, 8, "/broker/") == 0) {
+    const size_t begin = path + 8;
+    const size_t end = url.find_first_of("/?", begin);
+    ForbidInChildOutput(url.substr(
+        begin, end == std::string::npos ? std::string::npos : end - begin));
   }
   http::ClientRequest request;
   request.method = method;

@@ -4,7 +4,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "gtest/gtest.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -17,6 +19,25 @@
 #include <sys/wait.h>
 
 namespace broker::testing {
+namespace {
+
+absl::Mutex g_secrets_mu(absl::kConstInit);
+std::vector<std::string>& Secrets()
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(g_secrets_mu) {
+  static auto* secrets = new std::vector<std::string>();
+  return *secrets;
+}
+
+}  // namespace
+
+void ForbidInChildOutput(const std::string& secret) {
+  if (secret.size() < 8) return;
+  absl::MutexLock lock(&g_secrets_mu);
+  std::vector<std::string>& secrets = Secrets();
+  if (std::find(secrets.begin(), secrets.end(), secret) == secrets.end()) {
+    secrets.push_back(secret);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
     const std::string& path, const std::vector<std::string>& args,
@@ -25,8 +46,17 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
     return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
+  int err_fds[2];
+  if (pipe2(err_fds, O_CLOEXEC) != 0) {
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
   std::vector<std::string> env_strings;
-  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  for (const auto& [k, v] : env) {
+    env_strings.push_back(k + "=" + v);
+    if (absl::EndsWith(k, "TOKEN")) ForbidInChildOutput(v);
+  }
   // Sanitizer settings (CI's, or a developer's log_path) reach the child.
   for (const char* name :
        {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS"}) {
@@ -55,6 +85,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   }
   if (pid == 0) {
     dup2(pipe_fds[1], STDOUT_FILENO);
+    dup2(err_fds[1], STDERR_FILENO);
     // The test may have blocked signals; the child starts clean.
     sigset_t none;
     sigemptyset(&none);
@@ -63,11 +94,19 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
     _exit(127);
   }
   close(pipe_fds[1]);
-  return std::unique_ptr<ChildProcess>(new ChildProcess(pid, pipe_fds[0]));
+  close(err_fds[1]);
+  return std::unique_ptr<ChildProcess>(
+      new ChildProcess(path, pid, pipe_fds[0], err_fds[0]));
 }
 
-ChildProcess::ChildProcess(pid_t pid, int stdout_fd)
-    : pid_(pid), stdout_fd_(stdout_fd), reader_([this] { Drain(); }) {}
+ChildProcess::ChildProcess(std::string path, pid_t pid, int stdout_fd,
+                           int stderr_fd)
+    : path_(std::move(path)),
+      pid_(pid),
+      stdout_fd_(stdout_fd),
+      stderr_fd_(stderr_fd),
+      reader_([this] { Drain(); }),
+      stderr_reader_([this] { DrainStderr(); }) {}
 
 ChildProcess::~ChildProcess() {
   if (!exited_) {
@@ -76,7 +115,56 @@ ChildProcess::~ChildProcess() {
     waitpid(pid_, &status, 0);
   }
   reader_.join();  // EOF once the child (and its inheritors) are gone
+  stderr_reader_.join();
   close(stdout_fd_);
+  close(stderr_fd_);
+  CheckForSecrets();
+}
+
+void ChildProcess::CheckForSecrets() {
+  std::vector<std::string> secrets;
+  {
+    absl::MutexLock lock(&g_secrets_mu);
+    secrets = Secrets();
+  }
+  absl::MutexLock lock(&mu_);
+  for (const std::string& secret : secrets) {
+    for (const std::string* output : {&buffer_, &stderr_}) {
+      const size_t at = output->find(secret);
+      if (at == std::string::npos) continue;
+      const size_t line_start = output->rfind('\n', at);
+      const size_t begin = line_start == std::string::npos ? 0 : line_start + 1;
+      const size_t end = output->find('\n', at);
+      ADD_FAILURE() << path_ << " (pid " << pid_ << ") printed a token to "
+                    << (output == &buffer_ ? "stdout" : "stderr")
+                    << " (token hidden below):\n"
+                    << absl::StrReplaceAll(
+                           output->substr(begin, end == std::string::npos
+                                                     ? std::string::npos
+                                                     : end - begin),
+                           {{secret, "<TOKEN>"}});
+    }
+  }
+}
+
+void ChildProcess::DrainStderr() {
+  char chunk[4096];
+  while (true) {
+    ssize_t n = read(stderr_fd_, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    // Sanitizer reports and gRPC's own lines stay visible in the test log.
+    ssize_t written = 0;
+    while (written < n) {
+      const ssize_t w = write(STDERR_FILENO, chunk + written,
+                              static_cast<size_t>(n - written));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      written += w;
+    }
+    absl::MutexLock lock(&mu_);
+    stderr_.append(chunk, static_cast<size_t>(n));
+  }
 }
 
 void ChildProcess::Drain() {
