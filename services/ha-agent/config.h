@@ -79,6 +79,9 @@ struct HaAgentConfig {
 
   std::string address = "127.0.0.1";  // BROKER_HA_AGENT_ADDRESS
   int port = 7343;                    // BROKER_HA_AGENT_PORT; 0 = any free
+  // BROKER_HA_AGENT_HTTP_PORT: an HTTP listener (same address) for
+  // /healthcheck and /metrics; -1 (unset) = none, 0 = any free port.
+  int http_port = -1;
 
   std::string version = "0.1.0";  // in the dispatcher call's user-agent
 

@@ -1,8 +1,11 @@
 #include "services/ha-agent/ha_agent.h"
 
 #include "common/executor.h"
+#include "common/grpc/rpc_metrics.h"
 #include "common/http/client.h"
+#include "common/http/server.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/token.h"
 #include "common/uuid.h"
@@ -25,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "nlohmann/json.hpp"
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -233,9 +237,12 @@ class AgentImpl final : public HaAgent {
   AgentImpl(HaAgentConfig config, std::unique_ptr<DispatcherClient> dispatcher)
       : config_(std::move(config)),
         hashed_token_(common::HashToken(config_.token)),
+        rpc_metrics_(metrics_, common::rpc::RpcMetrics::Side::kServer),
         executor_(std::max(1, config_.io_threads)),
         dispatcher_(std::move(dispatcher)),
-        service_(*this) {}
+        service_(*this) {
+    AddMetrics();
+  }
 
   // NOLINTNEXTLINE(bugprone-exception-escape): only allocation failures.
   ~AgentImpl() override { Shutdown(absl::Now()); }
@@ -264,6 +271,7 @@ class AgentImpl final : public HaAgent {
   std::shared_ptr<grpc::Channel> InProcessChannel() override {
     return server_->InProcessChannel(grpc::ChannelArguments());
   }
+  int http_port() const override { return http_port_; }
 
   // --- Called by the reactors (gRPC threads) -------------------------------
   void Attach(const v1::WatchRequest& request,
@@ -331,6 +339,11 @@ class AgentImpl final : public HaAgent {
   void OnCheckDone(size_t index, v1::PreflightCheck check)
       ABSL_LOCKS_EXCLUDED(mu_);
   void Flush(Outbox& out);
+  // /metrics (docs/observability.md), served with /healthcheck by the
+  // optional HTTP listener.
+  void AddMetrics() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status StartHttp(const std::string& host);
+  void HandleHttp(const std::shared_ptr<http::Exchange>& exchange);
 
   static v1::Assignment Assigned(const Slot& slot, const std::string& server_id,
                                  const std::string& tunnel_url,
@@ -353,6 +366,12 @@ class AgentImpl final : public HaAgent {
 
   const HaAgentConfig config_;
   const std::string hashed_token_;
+  // Before everything that counts into it; children made up front, so
+  // counting under mu_ takes no other lock.
+  common::metrics::Registry metrics_;
+  common::rpc::RpcMetrics rpc_metrics_;
+  common::metrics::Counter* assignments_[3] = {};  // assigned, waiting, off
+  common::metrics::Counter* allocations_[3] = {};  // allocated, refused, failed
   // First member with threads, last destroyed: the client, the dispatcher
   // and the slots' timers below live on its io_context.
   common::Executor executor_;
@@ -360,6 +379,8 @@ class AgentImpl final : public HaAgent {
   std::unique_ptr<DispatcherClient> dispatcher_;
   Service service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<http::Server> http_server_;  // with config_.http_port >= 0
+  int http_port_ = 0;                          // set in Start()
 
   absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
@@ -374,6 +395,74 @@ class AgentImpl final : public HaAgent {
 void WatchCall::OnDone() {
   agent_.Detach(worker_id_, this);
   std::shared_ptr<WatchCall> self = std::move(self_);  // may delete this
+}
+
+void AgentImpl::AddMetrics() {
+  namespace metrics = common::metrics;
+  metrics::Family<metrics::Counter>& assignments = metrics_.AddCounter(
+      "broker_ha_agent_assignments_total",
+      "Assignments given to workers (each change counts), by state.",
+      {"state"});
+  assignments_[0] = &assignments.With({"assigned"});
+  assignments_[1] = &assignments.With({"waiting"});
+  assignments_[2] = &assignments.With({"ha_disabled"});
+  metrics::Family<metrics::Counter>& allocations = metrics_.AddCounter(
+      "broker_ha_agent_dispatcher_calls_total",
+      "Allocation calls to the dispatcher, by result (refused: the token "
+      "has its maximum of clients).",
+      {"result"});
+  allocations_[0] = &allocations.With({"allocated"});
+  allocations_[1] = &allocations.With({"refused"});
+  allocations_[2] = &allocations.With({"failed"});
+  metrics_.AddCallback("broker_ha_agent_workers",
+                       "Workers the agent keeps a slot for.", {}, [this] {
+                         absl::MutexLock lock(&mu_);
+                         return std::vector<metrics::Sample>{
+                             {{}, static_cast<double>(slots_.size())}};
+                       });
+}
+
+absl::Status AgentImpl::StartHttp(const std::string& host) {
+  if (config_.http_port < 0) return absl::OkStatus();
+  http::ServerOptions options;
+  options.address = config_.address;
+  options.port = config_.http_port;
+  options.limits.max_body_bytes = std::uint64_t{64} * 1024;  // GETs only
+  auto server = http::Server::Create(
+      executor_.io(), options,
+      [this](const std::shared_ptr<http::Exchange>& exchange) {
+        HandleHttp(exchange);
+      });
+  if (!server.ok()) return server.status();
+  http_server_ = *std::move(server);
+  absl::StatusOr<int> port = http_server_->Start();
+  if (!port.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("BROKER_HA_AGENT_HTTP_PORT: cannot listen on ", host, ":",
+                     config_.http_port, ": ", port.status().message()));
+  }
+  http_port_ = *port;
+  return absl::OkStatus();
+}
+
+void AgentImpl::HandleHttp(const std::shared_ptr<http::Exchange>& exchange) {
+  const http::RequestHead& request = exchange->request();
+  absl::string_view target = request.target;
+  absl::string_view path = target.substr(0, target.find('?'));
+  if (request.method == "GET" && path == "/metrics") {
+    exchange->RespondSimple(
+        200, {{"content-type", common::metrics::Registry::kContentType}},
+        metrics_.Render());
+    return;
+  }
+  const bool health = request.method == "GET" && path == "/healthcheck";
+  exchange->RespondSimple(
+      health ? 200 : 404, {{"content-type", "application/json; charset=utf-8"}},
+      health ? nlohmann::json{{"ok", true},
+                              {"version", config_.version},
+                              {"haEnabled", config_.ha_enabled}}
+                   .dump()
+             : R"({"ok":false})");
 }
 
 absl::StatusOr<int> AgentImpl::Start() {
@@ -402,6 +491,14 @@ absl::StatusOr<int> AgentImpl::Start() {
   builder.AddListeningPort(absl::StrCat(host, ":", config_.port),
                            grpc::InsecureServerCredentials(), &bound);
   builder.RegisterService(&service_);
+  if (config_.http_port >= 0) {
+    // Only with a /metrics to read them from.
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(rpc_metrics_.ServerInterceptors());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   // Limits set explicitly (Debian's 1.51 has no backported HTTP/2 fixes);
   // the callers are a handful of local workers.
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 100);
@@ -424,6 +521,7 @@ absl::StatusOr<int> AgentImpl::Start() {
     health->SetServingStatus(true);
     health->SetServingStatus(std::string(kServiceName), true);
   }
+  BROKER_RETURN_IF_ERROR(StartHttp(host));
 
   // Preflight: the file and URL checks now, the HTTP ones in the
   // background (each updates every worker's assignment when it ends).
@@ -493,6 +591,7 @@ void AgentImpl::Shutdown(absl::Time deadline) {
   }
   watchers.clear();
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(deadline));
+  if (http_server_ != nullptr) http_server_->Shutdown(deadline);
   // No callback of the executor runs after this; then the dispatcher (a
   // test's may have threads of its own) goes before what it calls back.
   executor_.Stop();
@@ -668,6 +767,19 @@ void AgentImpl::EmitLocked(Slot& slot, v1::Assignment next, Outbox& out) {
   }
   if (next.server_id() != slot.assignment.server_id()) slot.down.Cancel();
   next.set_generation(slot.assignment.generation() + 1);
+  switch (next.state()) {
+    case v1::Assignment::ASSIGNED:
+      assignments_[0]->Increment();
+      break;
+    case v1::Assignment::WAITING:
+      assignments_[1]->Increment();
+      break;
+    case v1::Assignment::HA_DISABLED:
+      assignments_[2]->Increment();
+      break;
+    default:
+      break;
+  }
   slot.assignment = std::move(next);
   if (auto watcher = slot.watcher.lock()) {
     out.pushes.emplace_back(std::move(watcher), slot.assignment);
@@ -771,6 +883,10 @@ void AgentImpl::OnAllocated(const std::string& worker_id, std::uint64_t slot_id,
     Slot* slot = FindLocked(worker_id, slot_id);
     if (slot == nullptr) return;
     slot->call_in_flight = false;
+    allocations_[result.ok()                                  ? 0
+                 : absl::IsResourceExhausted(result.status()) ? 1
+                                                              : 2]
+        ->Increment();
     if (result.ok()) {
       OnAssignedLocked(*slot, *result, out);
     } else {

@@ -60,6 +60,9 @@ class HaAgent {
   virtual void Shutdown(absl::Time deadline) = 0;
   // A channel to this agent without sockets (tests). After Start().
   virtual std::shared_ptr<grpc::Channel> InProcessChannel() = 0;
+  // The bound port of the HTTP listener (/healthcheck, /metrics), 0 without
+  // one (config.http_port -1). After Start().
+  virtual int http_port() const { return 0; }
 };
 
 }  // namespace broker::ha

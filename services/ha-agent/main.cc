@@ -60,6 +60,13 @@ int main(int argc, char** argv) {
            "0 = any free port,\n"
            "                        printed in the \"broker-ha-agent "
            "listening\" line)\n"
+           "  BROKER_HA_AGENT_HTTP_PORT  HTTP port (same address) for "
+           "/healthcheck and /metrics\n"
+           "                        (Prometheus text, with the gRPC "
+           "server's RPC metrics);\n"
+           "                        unset: no HTTP listener; 0 = any free "
+           "port, printed as\n"
+           "                        http_port in the listening line\n"
            "  BROKER_CLIENT_URL     this client's external URL (preflight "
            "check only)\n"
            "  ACCEPT                accept rules file (preflight check only)\n"
@@ -93,8 +100,8 @@ int main(int argc, char** argv) {
     std::cerr << "broker-ha-agent: " << status.message() << "\n";
     return 2;
   };
-  absl::Status logging =
-      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  absl::Status logging = broker::common::InitLogging(
+      env.Optional("LOG_LEVEL", "info"), "broker-ha-agent");
   if (!logging.ok()) {
     return fail(absl::InvalidArgumentError(
         absl::StrCat("LOG_LEVEL: ", logging.message())));
@@ -144,6 +151,12 @@ int main(int argc, char** argv) {
                        broker::common::PortZero::kAllowed);
   if (!port.ok()) return fail(port.status());
   config.port = *port;
+  if (!env.Optional("BROKER_HA_AGENT_HTTP_PORT", "").empty()) {
+    auto http_port = env.Port("BROKER_HA_AGENT_HTTP_PORT", 0,
+                              broker::common::PortZero::kAllowed);
+    if (!http_port.ok()) return fail(http_port.status());
+    config.http_port = *http_port;
+  }
   struct Timing {
     const char* name;
     absl::Duration* field;
@@ -173,7 +186,7 @@ int main(int argc, char** argv) {
   auto bound = (*agent)->Start();
   if (!bound.ok()) return fail(bound.status());
   std::cout << "{\"msg\":\"broker-ha-agent listening\",\"port\":" << *bound
-            << "}" << std::endl;
+            << ",\"http_port\":" << (*agent)->http_port() << "}" << std::endl;
   broker::common::WaitForTerminationSignal();
   (*agent)->Shutdown(absl::Now() + absl::Seconds(5));
   broker::common::FlushLogs();

@@ -2,8 +2,11 @@
 
 #include "common/executor.h"
 #include "common/file.h"
+#include "common/grpc/rpc_metrics.h"
 #include "common/http/server.h"
+#include "common/http/trace_context.h"
 #include "common/logging.h"
+#include "common/pem.h"
 #include "common/status.h"
 #include "common/token.h"
 #include "common/uuid.h"
@@ -12,6 +15,7 @@
 #include "services/server/buffered_body.h"
 #include "services/server/peer_forward.h"
 #include "services/server/relay.h"
+#include "services/server/server_metrics.h"
 #include "services/server/tunnel_registry.h"
 #include "services/server/tunnel_service.h"
 #include "services/server/webhook_delivery.h"
@@ -74,6 +78,40 @@ void RespondJson(http::Exchange& exchange, int status, const json& body,
       body.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
+// TLS on the tunnel listener (HTTPS_CERT/KEY), and with
+// BROKER_TUNNEL_CLIENT_CA mutual TLS: no worker without a certificate that
+// bundle verifies gets past the handshake.
+absl::StatusOr<grpc::SslServerCredentialsOptions> TunnelTlsOptions(
+    const ServerConfig& config) {
+  absl::StatusOr<common::PemKeyCertPair> pair =
+      common::ReadPemKeyCertPair(config.tls_cert_file, config.tls_key_file);
+  if (!pair.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("HTTPS_CERT/HTTPS_KEY: ", pair.status().message()));
+  }
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back(
+      {std::move(pair->private_key), std::move(pair->cert_chain)});
+  if (config.tunnel_client_ca_file.empty()) {
+    BROKER_LOG(kServer, kInfo, {},
+               "tunnel listener: TLS, no client certificate required");
+    return options;
+  }
+  absl::StatusOr<std::string> client_ca =
+      common::ReadPemCertificates(config.tunnel_client_ca_file);
+  if (!client_ca.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "BROKER_TUNNEL_CLIENT_CA: ", client_ca.status().message()));
+  }
+  options.pem_root_certs = *std::move(client_ca);
+  options.client_certificate_request =
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  BROKER_LOG(kServer, kInfo, {{"client_ca", config.tunnel_client_ca_file}},
+             "tunnel listener: mutual TLS, workers must present a client "
+             "certificate");
+  return options;
+}
+
 // How long a request waits for a parked lane when all are busy.
 constexpr absl::Duration kLaneWait = absl::Seconds(2);
 
@@ -82,9 +120,14 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
   DefaultBrokerServer(ServerConfig config,
                       std::shared_ptr<const filters::RuleSet> rules)
       : config_(std::move(config)),
+        metrics_(config_.metrics_enabled),
+        rpc_metrics_(metrics_.registry(),
+                     common::rpc::RpcMetrics::Side::kServer),
         executor_(config_.io_threads),
         rules_(std::move(rules)),
-        registry_(config_.max_clients_per_token) {}
+        registry_(config_.max_clients_per_token) {
+    metrics_.Watch(registry_);
+  }
 
   void OnWorkerConnected(const std::string& token_hash,
                          const std::string& client_id) override {
@@ -105,28 +148,32 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     WebhookDeliveryOptions delivery_options;
     delivery_options.ca_file = config_.ca_file;
     delivery_options.request_timeout = config_.request_timeout;
+    delivery_options.metrics = &metrics_;
     BROKER_ASSIGN_OR_RETURN(
         deliveries_,
         WebhookDeliveries::Create(executor_.io(), rules_, config_.variables,
                                   std::move(delivery_options)));
-    tunnel_service_ =
-        std::make_unique<TunnelService>(registry_, this, deliveries_.get());
+    tunnel_service_ = std::make_unique<TunnelService>(
+        registry_, this, deliveries_.get(), &metrics_);
     grpc::ServerBuilder builder;
     std::shared_ptr<grpc::ServerCredentials> credentials =
         grpc::InsecureServerCredentials();
     if (!config_.tls_cert_file.empty()) {
-      BROKER_ASSIGN_OR_RETURN(std::string key,
-                              common::ReadFileToString(config_.tls_key_file));
-      BROKER_ASSIGN_OR_RETURN(std::string cert,
-                              common::ReadFileToString(config_.tls_cert_file));
-      grpc::SslServerCredentialsOptions options;
-      options.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
+      BROKER_ASSIGN_OR_RETURN(grpc::SslServerCredentialsOptions options,
+                              TunnelTlsOptions(config_));
       credentials = grpc::SslServerCredentials(options);
     }
     builder.AddListeningPort(
         absl::StrCat(config_.address, ":", config_.tunnel_port), credentials,
         &ports.tunnel);
     builder.RegisterService(tunnel_service_.get());
+    if (metrics_.enabled()) {
+      std::vector<std::unique_ptr<
+          grpc::experimental::ServerInterceptorFactoryInterface>>
+          interceptors;
+      interceptors.push_back(rpc_metrics_.ServerInterceptors());
+      builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    }
     // Explicit limits: Debian's gRPC 1.51 has no HTTP/2 DoS backports.
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1100);
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
@@ -191,6 +238,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
           tunnel_service_
               ? tunnel_service_->DrainAll("the broker server is stopping")
               : 0;
+      metrics_.CountDrain(told);
       BROKER_LOG(kServer, kInfo, {{"workers", told}},
                  "draining: asked the workers to move to another server");
       if (told > 0 && !registry_.Empty()) {
@@ -204,6 +252,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     // now (the workers reconnect, elsewhere in HA) rather than at the
     // deadline.
     if (http_server_) http_server_->Shutdown(deadline);
+    if (tunnel_service_) tunnel_service_->SetStopping();
     if (grpc_server_) {
       grpc_server_->Shutdown(std::chrono::system_clock::now());
       grpc_server_->Wait();
@@ -225,7 +274,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
       dispatcher.internal_url =
           absl::StrCat(scheme, "://", config_.advertise_host, ":", ports.http);
     }
-    auto link = DispatcherLink::Create(executor_.io(), std::move(dispatcher));
+    auto link = DispatcherLink::Create(executor_.io(), std::move(dispatcher),
+                                       &metrics_);
     if (!link.ok()) {
       BROKER_LOG(kServer, kError, {{"error", link.status().ToString()}},
                  "cannot reach the broker dispatcher; running without it");
@@ -245,9 +295,18 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
   }
 
   void Route(std::shared_ptr<http::Exchange> exchange) {
-    const http::RequestHead& request = exchange->request();
-    absl::string_view target = request.target;
+    absl::string_view target = exchange->request().target;
     absl::string_view path = target.substr(0, target.find('?'));
+    if (path == "/metrics" && exchange->request().method == "GET" &&
+        metrics_.enabled()) {
+      exchange->RespondSimple(
+          200, {{"content-type", common::metrics::Registry::kContentType}},
+          metrics_.Render());
+      return;
+    }
+    // Timed (http_request_duration_seconds) from here.
+    exchange = metrics_.Track(std::move(exchange));
+    const http::RequestHead& request = exchange->request();
     if (absl::StartsWith(path, "/broker/")) {
       Relay(std::move(exchange));
       return;
@@ -410,6 +469,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
             no_connection(*exchange);
             return;
           }
+          metrics_.CountFailover(ServerMetrics::Failover::kForward);
           // Spread over the servers holding the token, in turn.
           const PeerServer& peer =
               (*peers)[next_peer_.fetch_add(1, std::memory_order_relaxed) %
@@ -440,6 +500,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     filters::Decision decision = rules_->Evaluate(
         filters::RuleList::kPublic,
         filters::RequestView{request.method, pending.url, fields, body});
+    metrics_.CountRequest(ServerMetrics::Flow::kInbound,
+                          /*rejected=*/!decision.allowed());
     if (decision.allowed()) return true;
     exchange.RespondSimple(
         filters::kBlockedStatus,
@@ -485,6 +547,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
       headers.push_back(h);
     }
     headers.push_back({"snyk-request-id", pending.request_id});
+    // The relay is this server's span of the platform's trace.
+    http::ContinueTrace(headers);
     RelayRequest relay{std::move(pending.token_hash),
                        std::move(pending.request_id),
                        std::move(pending.url),
@@ -492,7 +556,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                        absl::Now() + config_.request_timeout,
                        /*attempt=*/0,
                        std::move(held_body),
-                       std::move(unbuffered)};
+                       std::move(unbuffered),
+                       &metrics_};
     const std::string token_hash = relay.token_hash;
     // All lanes busy (a burst, or a worker still opening them): wait a
     // little for one rather than failing at once.
@@ -519,6 +584,10 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
   }
 
   const ServerConfig config_;
+  // Before everything that counts into it; the executor's calls (and the
+  // gRPC server's interceptors) end before it goes.
+  ServerMetrics metrics_;
+  common::rpc::RpcMetrics rpc_metrics_;
   common::Executor executor_;
   std::shared_ptr<const filters::RuleSet> rules_;
   TunnelRegistry registry_;
@@ -548,6 +617,10 @@ absl::Status Validate(const ServerConfig& config) {
   if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
     return absl::InvalidArgumentError(
         "HTTPS_CERT and HTTPS_KEY must be set together");
+  }
+  if (!config.tunnel_client_ca_file.empty() && config.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_CLIENT_CA needs TLS: set HTTPS_CERT and HTTPS_KEY too");
   }
   return absl::OkStatus();
 }

@@ -23,6 +23,10 @@ struct ServerConfig {
   std::string accept_path;
   std::string tls_cert_file;  // HTTPS_CERT: TLS on both listeners when set
   std::string tls_key_file;   // HTTPS_KEY
+  // BROKER_TUNNEL_CLIENT_CA: mutual TLS on the tunnel listener when set
+  // (needs HTTPS_CERT): a worker must present a certificate this bundle
+  // verifies. The platform ingress is unaffected.
+  std::string tunnel_client_ca_file;
   absl::Duration request_timeout = absl::Minutes(10);
   // CA_CERT: extra trust toward the platform (webhooks), besides the system
   // store; the dispatcher's copy is `dispatcher.ca_file`.
@@ -49,6 +53,9 @@ struct ServerConfig {
   absl::Duration drain_wait = absl::Seconds(10);
   int io_threads = 2;
   std::string version = "0.1.0";
+  // BROKER_METRICS_ENABLED: false serves no /metrics and registers no gRPC
+  // interceptors (a benchmark's baseline).
+  bool metrics_enabled = true;
 };
 
 [[nodiscard]] absl::Status Validate(const ServerConfig& config);

@@ -3,6 +3,7 @@
 #include "common/http/buffered_call.h"
 #include "common/logging.h"
 #include "common/uuid.h"
+#include "services/server/server_metrics.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -28,20 +29,25 @@ std::string ServerIdFromHostname(const std::string& hostname) {
 }
 
 absl::StatusOr<std::unique_ptr<DispatcherLink>> DispatcherLink::Create(
-    boost::asio::io_context& io, DispatcherConfig config) {
+    boost::asio::io_context& io, DispatcherConfig config,
+    ServerMetrics* metrics) {
   if (config.url.empty()) return nullptr;
   http::ClientOptions options;
   options.ca_file = config.ca_file;
   auto client = http::Client::Create(io, options);
   if (!client.ok()) return client.status();
   return std::unique_ptr<DispatcherLink>(
-      new DispatcherLink(io, std::move(config), *std::move(client)));
+      new DispatcherLink(io, std::move(config), *std::move(client), metrics));
 }
 
 DispatcherLink::DispatcherLink(boost::asio::io_context& io,
                                DispatcherConfig config,
-                               std::unique_ptr<http::Client> client)
-    : config_(std::move(config)), client_(std::move(client)), timer_(io) {}
+                               std::unique_ptr<http::Client> client,
+                               ServerMetrics* metrics)
+    : config_(std::move(config)),
+      client_(std::move(client)),
+      metrics_(metrics),
+      timer_(io) {}
 
 // cancel() throws only on a broken reactor, which is fatal anyway.
 // NOLINTNEXTLINE(bugprone-exception-escape)
@@ -149,8 +155,11 @@ void DispatcherLink::Call(std::string method, std::string url, std::string body,
   request.deadline = absl::Now() + config_.call_timeout;
   http::SendBuffered(
       *client_, std::move(request),
-      [what = std::move(what)](absl::StatusOr<http::BufferedResponse> answer) {
-        if (answer.ok() && answer->status < 300) return;
+      [what = std::move(what),
+       metrics = metrics_](absl::StatusOr<http::BufferedResponse> answer) {
+        const bool ok = answer.ok() && answer->status < 300;
+        if (metrics != nullptr) metrics->CountDispatcherWrite(ok);
+        if (ok) return;
         BROKER_LOG(kServer, kWarn,
                    {{"event", what},
                     {"status", answer.ok() ? answer->status : 0},
@@ -175,16 +184,21 @@ void DispatcherLink::Stop(absl::Time deadline) {
       Url(absl::StrCat("/internal/brokerservers/", config_.server_id));
   request.headers = JsonApiHeaders();
   request.deadline = std::min(deadline, absl::Now() + config_.call_timeout);
-  http::SendBuffered(*client_, std::move(request),
-                     [done](absl::StatusOr<http::BufferedResponse> answer) {
-                       if (!answer.ok() || answer->status >= 300) {
-                         BROKER_LOG(kServer, kWarn,
-                                    {{"event", "server-stopping"}},
-                                    "could not deregister from the broker "
-                                    "dispatcher");
-                       }
-                       done->Notify();
-                     });
+  http::SendBuffered(
+      *client_, std::move(request),
+      [done,
+       metrics = metrics_](absl::StatusOr<http::BufferedResponse> answer) {
+        const bool ok = answer.ok() && answer->status < 300;
+        if (metrics != nullptr) {
+          metrics->CountDispatcherWrite(ok);
+        }
+        if (!ok) {
+          BROKER_LOG(kServer, kWarn, {{"event", "server-stopping"}},
+                     "could not deregister from the broker "
+                     "dispatcher");
+        }
+        done->Notify();
+      });
   done->WaitForNotificationWithDeadline(deadline);
 }
 

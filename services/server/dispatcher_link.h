@@ -29,6 +29,8 @@ class io_context;
 
 namespace broker::server {
 
+class ServerMetrics;
+
 struct DispatcherConfig {
   std::string url;        // DISPATCHER_URL (base, no trailing slash); "" = off
   std::string server_id;  // from HOSTNAME, after its last '-'
@@ -55,8 +57,11 @@ struct PeerServer {
 class DispatcherLink {
  public:
   // Null when config.url is empty (no dispatcher: every call is a no-op).
+  // `metrics` (may be null) counts the calls that change the dispatcher's
+  // state; it must outlive the calls in flight on `io`.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<DispatcherLink>> Create(
-      boost::asio::io_context& io, DispatcherConfig config);
+      boost::asio::io_context& io, DispatcherConfig config,
+      ServerMetrics* metrics = nullptr);
   ~DispatcherLink();  // NOLINT(bugprone-exception-escape): see the .cc
 
   const DispatcherConfig& config() const { return config_; }
@@ -84,7 +89,8 @@ class DispatcherLink {
 
  private:
   DispatcherLink(boost::asio::io_context& io, DispatcherConfig config,
-                 std::unique_ptr<common::http::Client> client);
+                 std::unique_ptr<common::http::Client> client,
+                 ServerMetrics* metrics);
 
   void Register();
   void Refresh() ABSL_LOCKS_EXCLUDED(mu_);
@@ -99,6 +105,7 @@ class DispatcherLink {
 
   const DispatcherConfig config_;
   const std::unique_ptr<common::http::Client> client_;
+  ServerMetrics* const metrics_;
   boost::asio::steady_timer timer_;
 
   struct CachedLookup {

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
            "origins and auth comes from the environment\n"
            "  HTTPS_CERT, HTTPS_KEY TLS on both listeners when set (PEM "
            "files)\n"
+           "  BROKER_TUNNEL_CLIENT_CA  CA bundle (PEM) for mutual TLS on the "
+           "tunnel endpoint: workers must present a certificate it verifies "
+           "(needs HTTPS_CERT/KEY; the platform ingress is unaffected)\n"
            "  BROKER_REQUEST_TIMEOUT_MS  deadline of a relayed request "
            "(default 600000)\n"
            "  BROKER_MAX_BODY_BYTES body limit of a platform request "
@@ -44,6 +47,9 @@ int main(int argc, char** argv) {
            "  BROKER_TUNNEL_KEEPALIVE_MS  how often the server pings each "
            "worker connection; unanswered for 1 s, it is dropped "
            "(default 300)\n"
+           "  BROKER_METRICS_ENABLED  true: Prometheus text on GET /metrics "
+           "and gRPC interceptors on the tunnel endpoint; false: /metrics is "
+           "404 (default true)\n"
            "HA mode (registration with broker-dispatcher):\n"
            "  DISPATCHER_URL        dispatcher base URL; unset: no "
            "registration\n"
@@ -82,6 +88,7 @@ int main(int argc, char** argv) {
   config.accept_path = *accept;
   config.tls_cert_file = env.Optional("HTTPS_CERT", "");
   config.tls_key_file = env.Optional("HTTPS_KEY", "");
+  config.tunnel_client_ca_file = env.Optional("BROKER_TUNNEL_CLIENT_CA", "");
   auto timeout = env.DurationMs("BROKER_REQUEST_TIMEOUT_MS", absl::Minutes(10));
   if (!timeout.ok()) return fail(timeout.status());
   config.request_timeout = *timeout;
@@ -128,8 +135,11 @@ int main(int argc, char** argv) {
   auto drain_wait = env.DurationMs("BROKER_DRAIN_WAIT_MS", absl::Seconds(10));
   if (!drain_wait.ok()) return fail(drain_wait.status());
   config.drain_wait = *drain_wait;
-  absl::Status logging =
-      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  auto metrics_enabled = env.Bool("BROKER_METRICS_ENABLED", true);
+  if (!metrics_enabled.ok()) return fail(metrics_enabled.status());
+  config.metrics_enabled = *metrics_enabled;
+  absl::Status logging = broker::common::InitLogging(
+      env.Optional("LOG_LEVEL", "info"), "broker-server");
   if (!logging.ok()) return fail(logging);
 
   auto server = broker::server::BrokerServer::Create(std::move(config));

@@ -3,6 +3,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "services/server/buffered_body.h"
+#include "services/server/server_metrics.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -204,6 +205,11 @@ class RelayCall final : public LaneListener,
         if (response_started_) return;  // Fail() answered already
         response_started_ = true;
         latency_ = absl::Now() - sent_at_;
+        if (request_.metrics != nullptr) {
+          request_.metrics->ObserveResponse(
+              head.content_length,
+              /*streaming=*/!end.has_value() || end->aborted());
+        }
         if (end && !end->aborted()) {
           // The whole answer is here: one write for head and body.
           worker_keeps_lane_ = end->keep_lane();
@@ -449,6 +455,9 @@ class RelayCall final : public LaneListener,
                 {"error", status.ToString()},
                 {"attempt", request_.attempt + 1}},
                "re-sending a request whose worker failed");
+    if (request_.metrics != nullptr) {
+      request_.metrics->CountFailover(ServerMetrics::Failover::kResend);
+    }
     RelayRequest again = request_;
     ++again.attempt;
     const std::string token_hash = again.token_hash;

@@ -16,6 +16,8 @@ class io_context;
 
 namespace broker::server {
 
+class ServerMetrics;
+
 // What the relay needs to know about one platform request.
 struct RelayRequest {
   std::string token_hash;
@@ -29,6 +31,8 @@ struct RelayRequest {
   // whatever its method, the body replayed from this copy.
   std::shared_ptr<const std::string> held_body;
   std::shared_ptr<common::http::Exchange> unbuffered;
+  // Answer sizes and re-sends (/metrics); may be null.
+  ServerMetrics* metrics = nullptr;
 };
 
 // Bodies up to this size are read whole before they are relayed, so that

@@ -2,6 +2,7 @@
 
 #include "common/logging.h"
 #include "common/token.h"
+#include "services/server/server_metrics.h"
 #include "services/server/webhook_delivery.h"
 
 #include "absl/base/thread_annotations.h"
@@ -52,6 +53,7 @@ class ControlReactor final
 
   // Asks an admitted worker to move elsewhere; any thread.
   void Drain(absl::string_view reason) {
+    drained_.store(true, std::memory_order_relaxed);
     ServerControl drain;
     drain.mutable_drain()->set_reason(std::string(reason));
     Enqueue(std::move(drain));
@@ -59,6 +61,9 @@ class ControlReactor final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
+      NoteCause(drained_.load(std::memory_order_relaxed)
+                    ? CloseCause::kDrained
+                    : CloseCause::kWorkerEnded);
       FinishOnce(grpc::Status::OK);
       return;
     }
@@ -92,9 +97,22 @@ class ControlReactor final
     if (finish) Finish(*finish);
   }
 
-  void OnCancel() override { FinishOnce(grpc::Status::CANCELLED); }
+  void OnCancel() override {
+    NoteCause(service_.stopping() ? CloseCause::kServerStopping
+              : drained_.load(std::memory_order_relaxed)
+                  ? CloseCause::kDrained
+                  : CloseCause::kConnectionLost);
+    FinishOnce(grpc::Status::CANCELLED);
+  }
 
   void OnDone() override {
+    const int cause = cause_.load(std::memory_order_relaxed);
+    if (service_.metrics() != nullptr &&
+        (registered_ || cause == static_cast<int>(CloseCause::kRefused))) {
+      service_.metrics()->CountClose(cause < 0
+                                         ? CloseCause::kConnectionLost
+                                         : static_cast<CloseCause>(cause));
+    }
     if (registered_) {
       service_.Untrack(this);
       TunnelRegistry::Removed removed = registry_.RemoveWorker(
@@ -120,6 +138,7 @@ class ControlReactor final
     if (registered_) return true;  // a repeated Hello changes nothing
     if (!hello.token_hash().empty() &&
         hello.token_hash() != identity_.token_hash) {
+      Refused(absl::StatusCode::kUnauthenticated);
       FinishOnce(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                               "Hello.token_hash does not match the token"));
       return false;
@@ -139,6 +158,7 @@ class ControlReactor final
                   {"client_id", identity_.client_id},
                   {"reason", std::string(serial.status().message())}},
                  "broker client refused");
+      Refused(serial.status().code());
       FinishOnce(ToGrpc(serial.status()));
       return false;
     }
@@ -159,6 +179,18 @@ class ControlReactor final
     welcome.mutable_welcome()->set_max_lanes(kMaxLanes);
     Enqueue(std::move(welcome));
     return true;
+  }
+
+  // Why the call ends, for /metrics: the first cause noted wins.
+  void NoteCause(CloseCause cause) {
+    int none = -1;
+    cause_.compare_exchange_strong(none, static_cast<int>(cause),
+                                   std::memory_order_relaxed);
+  }
+
+  void Refused(absl::StatusCode code) {
+    NoteCause(CloseCause::kRefused);
+    if (service_.metrics() != nullptr) service_.metrics()->CountRefusal(code);
   }
 
   void Enqueue(ServerControl message) {
@@ -203,7 +235,9 @@ class ControlReactor final
   // Touched only by reactions, which are serial for reads; OnDone comes
   // last.
   bool registered_ = false;
-  std::uint64_t serial_ = 0;  // of the registration, for RemoveWorker
+  std::uint64_t serial_ = 0;          // of the registration, for RemoveWorker
+  std::atomic<bool> drained_{false};  // Drain was sent
+  std::atomic<int> cause_{-1};        // a CloseCause, once known
 
   absl::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,16 +34,21 @@ class WorkerEvents {
 };
 
 class ControlReactor;
+class ServerMetrics;
 class WebhookDeliveries;
 
 class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
  public:
-  // `events` and `deliveries` may be null (without `deliveries`, Deliver
-  // is UNIMPLEMENTED); both must outlive the service.
+  // `events`, `deliveries` and `metrics` may be null (without
+  // `deliveries`, Deliver is UNIMPLEMENTED); all must outlive the service.
   explicit TunnelService(TunnelRegistry& registry,
                          WorkerEvents* events = nullptr,
-                         WebhookDeliveries* deliveries = nullptr)
-      : registry_(registry), events_(events), deliveries_(deliveries) {}
+                         WebhookDeliveries* deliveries = nullptr,
+                         ServerMetrics* metrics = nullptr)
+      : registry_(registry),
+        events_(events),
+        deliveries_(deliveries),
+        metrics_(metrics) {}
 
   grpc::ServerBidiReactor<tunnel::v1::WorkerControl, tunnel::v1::ServerControl>*
   Control(grpc::CallbackServerContext* context) override;
@@ -65,11 +71,17 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
   void Track(ControlReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
   void Untrack(ControlReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
   WorkerEvents* events() const { return events_; }
+  ServerMetrics* metrics() const { return metrics_; }
+  // The server is shutting down: tunnels ending now end because of it.
+  void SetStopping() { stopping_.store(true, std::memory_order_relaxed); }
+  bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
 
  private:
   TunnelRegistry& registry_;
   WorkerEvents* const events_;
   WebhookDeliveries* const deliveries_;
+  ServerMetrics* const metrics_;
+  std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   absl::flat_hash_set<ControlReactor*> controls_ ABSL_GUARDED_BY(mu_);
 };

@@ -1,11 +1,13 @@
 #include "services/server/webhook_delivery.h"
 
+#include "common/http/trace_context.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/token.h"
 #include "filters/blocked.h"
 #include "services/server/buffered_body.h"
 #include "services/server/relay.h"
+#include "services/server/server_metrics.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
@@ -119,6 +121,8 @@ class DeliverReactor final
     std::string token;        // never logged
     std::string delivery_id;  // "" when absent: no deduplication
     std::string attempt;      // for logs
+    // The webhook's trace as its worker passed it on ("" when absent).
+    std::string traceparent;
   };
 
   static DeliverReactor* Start(WebhookDeliveries& shared, Caller caller) {
@@ -362,6 +366,10 @@ class DeliverReactor final
     const filters::Decision decision = shared_.rules().Evaluate(
         filters::RuleList::kPrivate,
         filters::RequestView{head_.method(), head_.url(), fields, held_body_});
+    if (ServerMetrics* metrics = shared_.options().metrics) {
+      metrics->CountRequest(ServerMetrics::Flow::kOutbound,
+                            /*rejected=*/!decision.allowed());
+    }
     if (!decision.allowed()) {
       // The same answer a worker gives for its own private rules.
       const std::string reason =
@@ -413,6 +421,7 @@ class DeliverReactor final
         BROKER_LOG(kServer, kInfo, Fields(),
                    "webhook already delivered; answering the retry with the "
                    "platform's first answer");
+        CountWebhook(ServerMetrics::Webhook::kDuplicate);
         {
           absl::MutexLock lock(&mu_);
           if (phase_ != Phase::kDeciding) return;
@@ -515,6 +524,14 @@ class DeliverReactor final
     request.headers.push_back(
         {"x-snyk-broker", common::MaskToken(caller_.token)});
     request.headers.push_back({"X-Broker-Token", caller_.token});
+    // The call to the platform is this server's span of the webhook's
+    // trace; the worker's metadata names it when the head does not.
+    if (!caller_.traceparent.empty() &&
+        !http::FindHeader(request.headers, http::kTraceparentHeader)) {
+      request.headers.push_back(
+          {std::string(http::kTraceparentHeader), caller_.traceparent});
+    }
+    http::ContinueTrace(request.headers);
     const bool held = head_.body_length() != 0 && BodyComplete();
     if (head_.body_length() != 0) {
       if (held) {
@@ -667,6 +684,7 @@ class DeliverReactor final
       std::vector<common::LogField> log = Fields();
       log.emplace_back("error", response.status().message());
       BROKER_LOG(kServer, kWarn, log, "webhook could not reach the platform");
+      CountWebhook(ServerMetrics::Webhook::kFailed);
       if (!body_complete ||
           response.status().code() == absl::StatusCode::kUnavailable) {
         // Refused or not resolved (nothing was sent), or failed before the
@@ -690,6 +708,7 @@ class DeliverReactor final
                        absl::ToInt64Milliseconds(absl::Now() - call_started_));
       BROKER_LOG(kServer, kInfo, log, "webhook delivered to the platform");
     }
+    CountWebhook(ServerMetrics::Webhook::kDelivered);
     v1::DeliverDown message;
     v1::ResponseHead* head = message.mutable_head();
     head->set_status(response->head.status);
@@ -837,6 +856,12 @@ class DeliverReactor final
   }
 
   void AnswerDone() { FinishOnce(grpc::Status::OK); }
+
+  void CountWebhook(ServerMetrics::Webhook result) {
+    if (ServerMetrics* metrics = shared_.options().metrics) {
+      metrics->CountWebhook(result);
+    }
+  }
 
   // The one answer of the call (a Failure, a replay or the platform's):
   // false when another path has already started it.
@@ -1118,6 +1143,7 @@ WebhookDeliveries::Start(const grpc::CallbackServerContext& context,
   caller.token = std::move(token);
   caller.delivery_id = Metadata(context, kDeliveryIdMetadata);
   caller.attempt = Metadata(context, kDeliveryAttemptMetadata);
+  caller.traceparent = Metadata(context, http::kTraceparentHeader);
   if (caller.delivery_id.size() > kMaxDeliveryIdBytes) {
     return new RejectDelivery(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -32,6 +32,8 @@ class io_context;
 
 namespace broker::server {
 
+class ServerMetrics;
+
 struct WebhookDeliveryOptions {
   // CA_CERT: extra trust toward the platform, besides the system store.
   std::string ca_file;
@@ -41,6 +43,9 @@ struct WebhookDeliveryOptions {
   // shortens it.
   absl::Duration request_timeout = absl::Minutes(10);
   DeliveryLedger::Options ledger;
+  // Rule decisions and delivery results (/metrics); may be null. Must
+  // outlive the deliveries.
+  ServerMetrics* metrics = nullptr;
 };
 
 // Call metadata of a Deliver call, besides the identity.

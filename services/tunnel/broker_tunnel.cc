@@ -3,9 +3,13 @@
 #include "common/env_config.h"
 #include "common/executor.h"
 #include "common/file.h"
+#include "common/grpc/rpc_metrics.h"
 #include "common/http/client.h"
 #include "common/http/server.h"
+#include "common/http/trace_context.h"
 #include "common/logging.h"
+#include "common/metrics.h"
+#include "common/pem.h"
 #include "common/status.h"
 #include "common/token.h"
 #include "common/uuid.h"
@@ -29,6 +33,7 @@
 
 #include <atomic>
 #include <deque>
+#include <optional>
 
 namespace broker::tunnel {
 namespace {
@@ -104,7 +109,9 @@ class Worker final : public BrokerTunnel {
         resolver_(config_.variables),
         client_id_(common::NewUuid()),
         server_url_(config_.server_url),
-        reconnect_timer_(executor_.io()) {}
+        reconnect_timer_(executor_.io()) {
+    AddMetrics();
+  }
 
   // Creates the origin client (needs the executor).
   [[nodiscard]] absl::Status Init() {
@@ -116,6 +123,31 @@ class Worker final : public BrokerTunnel {
     systemcheck.version = config_.version;
     systemcheck_ =
         std::make_unique<SystemCheck>(std::move(systemcheck), *client_);
+    if (!config_.tunnel_client_cert_file.empty()) {
+      absl::StatusOr<common::PemKeyCertPair> pair = common::ReadPemKeyCertPair(
+          config_.tunnel_client_cert_file, config_.tunnel_client_key_file);
+      if (!pair.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("BROKER_TUNNEL_CLIENT_CERT/BROKER_TUNNEL_CLIENT_KEY: ",
+                         pair.status().message()));
+      }
+      tunnel_client_cert_ = *std::move(pair);
+      BROKER_LOG(kTunnel, kInfo,
+                 {{"client_cert", config_.tunnel_client_cert_file}},
+                 "mutual TLS: the tunnel presents a client certificate");
+    }
+    if (!config_.egress_cert_file.empty()) {
+      absl::StatusOr<common::PemKeyCertPair> pair = common::ReadPemKeyCertPair(
+          config_.egress_cert_file, config_.egress_key_file);
+      if (!pair.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("BROKER_TUNNEL_EGRESS_CERT/BROKER_TUNNEL_EGRESS_KEY: ",
+                         pair.status().message()));
+      }
+      egress_tls_ = *std::move(pair);
+      BROKER_LOG(kTunnel, kInfo, {{"egress_cert", config_.egress_cert_file}},
+                 "webhook egress: TLS");
+    }
     return absl::OkStatus();
   }
 
@@ -129,6 +161,8 @@ class Worker final : public BrokerTunnel {
 
   // Called by lanes and the control call (any thread).
   void OnLaneTaken() ABSL_LOCKS_EXCLUDED(mu_);
+  // A relayed request the private rules blocked.
+  void CountFilterBlock() { filter_blocks_->Increment(); }
   // A lane finished an exchange cleanly: true when the pool wants it idle
   // again (it then counts as idle), false when it should end.
   bool KeepIdleLane(int generation) ABSL_LOCKS_EXCLUDED(mu_);
@@ -154,6 +188,9 @@ class Worker final : public BrokerTunnel {
   const TunnelConfig& config() const { return config_; }
 
  private:
+  // /metrics (docs/observability.md); the gRPC interceptors only when
+  // metrics are enabled.
+  void AddMetrics() ABSL_LOCKS_EXCLUDED(mu_);
   void Connect() ABSL_LOCKS_EXCLUDED(mu_);
   void OpenLanes() ABSL_LOCKS_EXCLUDED(mu_);
   int ReserveLanesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -192,6 +229,13 @@ class Worker final : public BrokerTunnel {
   }
 
   const TunnelConfig config_;
+  // Before everything that counts into it (channels, servers, calls).
+  common::metrics::Registry metrics_;
+  common::metrics::Counter* requests_relayed_ = nullptr;
+  common::metrics::Counter* filter_blocks_ = nullptr;
+  // Null when metrics are disabled: then no interceptor is registered.
+  std::unique_ptr<common::rpc::RpcMetrics> client_rpcs_;
+  std::unique_ptr<common::rpc::RpcMetrics> server_rpcs_;
   common::Executor executor_;
   filters::RuleSetHolder rules_;
   filters::OriginResolver resolver_;
@@ -200,6 +244,10 @@ class Worker final : public BrokerTunnel {
   std::unique_ptr<http::Server> http_server_;
   std::unique_ptr<AssignmentWatcher> watcher_;  // HA mode only
   std::unique_ptr<WebhookEgress> egress_;  // with BROKER_TUNNEL_EGRESS_PORT
+  // Mutual TLS: presented to the server (read once, in Init()).
+  std::optional<common::PemKeyCertPair> tunnel_client_cert_;
+  // TLS on the webhook egress endpoint (read once, in Init()).
+  std::optional<common::PemKeyCertPair> egress_tls_;
 
   mutable absl::Mutex mu_;
   // The tunnel: where it goes and as whom. Fixed without HA; in HA mode
@@ -228,8 +276,6 @@ class Worker final : public BrokerTunnel {
   int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;
   int active_requests_ ABSL_GUARDED_BY(mu_) = 0;
   int peak_requests_ ABSL_GUARDED_BY(mu_) = 0;  // most at once, ever
-  // Requests the server sent down this worker's lanes (/metrics).
-  std::atomic<std::uint64_t> requests_relayed_{0};
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_) = kBackoffFirst;
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 };
@@ -598,7 +644,17 @@ class ServeLane final
     filters::Decision decision = rules->Evaluate(
         filters::RuleList::kPrivate,
         filters::RequestView{head.method(), head.url(), fields, ""});
+    request_log_ = {head.request_id(), "", head.method(),
+                    head.url().substr(0, head.url().find('?'))};
     if (!decision.allowed()) {
+      worker_.CountFilterBlock();
+      BROKER_LOG(
+          kTunnel, kWarn,
+          {{"request_id", request_log_.request_id},
+           {"method", request_log_.method},
+           {"path", request_log_.path}},
+          "{}",
+          filters::BlockedReason(filters::BlockedFlow::kTunnel, decision));
       SendFailure(
           filters::kBlockedStatus, "FILTER_BLOCKED",
           filters::BlockedBody(
@@ -645,6 +701,8 @@ class ServeLane final
     if (!has_request_id && !head.request_id().empty()) {
       request.headers.push_back({"x-request-id", head.request_id()});
     }
+    // The origin call is this worker's span of the platform's trace.
+    request_log_.trace_id = http::ContinueTrace(request.headers);
     if (head.body_length() != 0) {
       request.body = std::make_unique<BodyFromLane>(shared_from_this());
       if (head.body_length() > 0) {
@@ -681,10 +739,25 @@ class ServeLane final
     if (!response.ok()) {
       const absl::string_view code =
           http::DownstreamErrorCode(response.status());
+      BROKER_LOG(kTunnel, kWarn,
+                 {{"request_id", request_log_.request_id},
+                  {"trace_id", request_log_.trace_id},
+                  {"method", request_log_.method},
+                  {"path", request_log_.path},
+                  {"code", code},
+                  {"error", response.status().message()}},
+                 "the origin request failed");
       SendFailure(code == "DOWNSTREAM_TIMEOUT" ? 504 : 502, code,
                   FailureJson(code, response.status().message()));
       return;
     }
+    BROKER_LOG(kTunnel, kDebug,
+               {{"request_id", request_log_.request_id},
+                {"trace_id", request_log_.trace_id},
+                {"method", request_log_.method},
+                {"path", request_log_.path},
+                {"status", response->head.status}},
+               "the origin answered");
     v1::ServeUp head;
     v1::ResponseHead* h = head.mutable_head();
     h->set_status(response->head.status);
@@ -813,6 +886,15 @@ class ServeLane final
   grpc::ClientContext context_;
   v1::ServeDown in_;
   std::unique_ptr<http::BodyReader> origin_body_;  // pump only
+  // The request's for its log lines (the path without its query, which may
+  // carry secrets). Set when the request arrives, before the origin call.
+  struct RequestLog {
+    std::string request_id;
+    std::string trace_id;
+    std::string method;
+    std::string path;
+  };
+  RequestLog request_log_;
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kParked;
@@ -851,6 +933,10 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
               .value_or("") +
           "\n" + common::ReadFileToString(config_.ca_file).value_or("");
     }
+    if (tunnel_client_cert_) {
+      options.pem_cert_chain = tunnel_client_cert_->cert_chain;
+      options.pem_private_key = tunnel_client_cert_->private_key;
+    }
     credentials = grpc::SslCredentials(options);
   }
   grpc::ChannelArguments args;
@@ -865,7 +951,60 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10000);
   args.SetMaxReceiveMessageSize(1 << 20);
   args.SetMaxSendMessageSize(1 << 20);
-  return grpc::CreateCustomChannel(target, credentials, args);
+  if (client_rpcs_ == nullptr) {
+    return grpc::CreateCustomChannel(target, credentials, args);
+  }
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(client_rpcs_->ClientInterceptors());
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      target, credentials, args, std::move(interceptors));
+}
+
+void Worker::AddMetrics() {
+  namespace metrics = common::metrics;
+  requests_relayed_ =
+      &metrics_
+           .AddCounter("broker_tunnel_requests_total",
+                       "Requests the broker server relayed through this "
+                       "worker.")
+           .With({});
+  metrics_.AddCallback(
+      "broker_tunnel_connected",
+      "Whether the tunnel to the broker server is up and admitted.", {},
+      [this] {
+        return std::vector<metrics::Sample>{{{}, Connected() ? 1.0 : 0.0}};
+      });
+  metrics_.AddCallback(
+      "broker_tunnel_webhooks_total",
+      "Webhook events this worker passed to the broker server.", {},
+      [this] {
+        return std::vector<metrics::Sample>{
+            {{}, egress_ ? static_cast<double>(egress_->delivered()) : 0.0}};
+      },
+      /*counter=*/true);
+  metrics_.AddCallback(
+      "broker_tunnel_lanes",
+      "Lanes parked at the server (idle) and carrying a request (busy).",
+      {"state"}, [this] {
+        absl::MutexLock lock(&mu_);
+        return std::vector<metrics::Sample>{
+            {{"idle"}, static_cast<double>(idle_lanes_)},
+            {{"busy"}, static_cast<double>(active_requests_)}};
+      });
+  // The filter-block family every binary shares (docs/observability.md).
+  filter_blocks_ =
+      &metrics_
+           .AddCounter("broker_filter_blocks_total",
+                       "Requests blocked by the accept rules.", {"list"})
+           .With({"private"});
+  if (config_.metrics_enabled) {
+    client_rpcs_ = std::make_unique<common::rpc::RpcMetrics>(
+        metrics_, common::rpc::RpcMetrics::Side::kClient);
+    server_rpcs_ = std::make_unique<common::rpc::RpcMetrics>(
+        metrics_, common::rpc::RpcMetrics::Side::kServer);
+  }
 }
 
 std::optional<DeliveryRoute> Worker::WebhookRoute() const {
@@ -897,6 +1036,8 @@ absl::StatusOr<BrokerTunnel::Ports> Worker::Start() {
     egress.port = config_.egress_port;
     egress.token = config_.token;
     egress.route = [this] { return WebhookRoute(); };
+    egress.tls = egress_tls_;
+    egress.rpc_metrics = server_rpcs_.get();
     BROKER_ASSIGN_OR_RETURN(egress_, WebhookEgress::Start(std::move(egress)));
     ports.egress = egress_->port();
   }
@@ -907,6 +1048,7 @@ absl::StatusOr<BrokerTunnel::Ports> Worker::Start() {
   // HA mode: broker-ha-agent says where to connect, and as which client.
   AssignmentWatcherOptions watch;
   watch.agent_address = config_.ha_agent_address;
+  watch.rpc_metrics = client_rpcs_.get();
   BROKER_ASSIGN_OR_RETURN(
       watcher_,
       AssignmentWatcher::Create(
@@ -1116,7 +1258,7 @@ std::vector<std::shared_ptr<ServeLane>> Worker::LiveLanes() {
 }
 
 void Worker::OnLaneTaken() {
-  requests_relayed_.fetch_add(1, std::memory_order_relaxed);
+  requests_relayed_->Increment();
   {
     absl::MutexLock lock(&mu_);
     --idle_lanes_;
@@ -1267,24 +1409,11 @@ void Worker::HandleLocal(std::shared_ptr<http::Exchange> exchange) {
                              {"transport", "grpc"}});
     return;
   }
-  if (path == "/metrics" && request.method == "GET") {
+  if (path == "/metrics" && request.method == "GET" &&
+      config_.metrics_enabled) {
     exchange->RespondSimple(
-        200, {{"content-type", "text/plain; version=0.0.4; charset=utf-8"}},
-        absl::StrCat("# HELP broker_tunnel_requests_total Requests the broker "
-                     "server relayed through this worker.\n"
-                     "# TYPE broker_tunnel_requests_total counter\n"
-                     "broker_tunnel_requests_total ",
-                     requests_relayed_.load(std::memory_order_relaxed), "\n",
-                     "# HELP broker_tunnel_connected Whether the tunnel to "
-                     "the broker server is up and admitted.\n"
-                     "# TYPE broker_tunnel_connected gauge\n"
-                     "broker_tunnel_connected ",
-                     Connected() ? 1 : 0, "\n",
-                     "# HELP broker_tunnel_webhooks_total Webhook events "
-                     "this worker passed to the broker server.\n"
-                     "# TYPE broker_tunnel_webhooks_total counter\n"
-                     "broker_tunnel_webhooks_total ",
-                     egress_ ? egress_->delivered() : 0, "\n"));
+        200, {{"content-type", common::metrics::Registry::kContentType}},
+        metrics_.Render());
     return;
   }
   if (path == "/filters" && request.method == "GET") {
@@ -1368,6 +1497,27 @@ absl::Status Validate(const TunnelConfig& config) {
       return absl::InvalidArgumentError(
           absl::StrCat("CA_CERT: ", ca.status().message()));
     }
+  }
+  if (config.tunnel_client_cert_file.empty() !=
+      config.tunnel_client_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_CLIENT_CERT and BROKER_TUNNEL_CLIENT_KEY must be set "
+        "together");
+  }
+  if (!config.tunnel_client_cert_file.empty() && url->scheme != "https") {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_CLIENT_CERT needs an https BROKER_SERVER_URL: a client "
+        "certificate is only presented over TLS");
+  }
+  if (config.egress_cert_file.empty() != config.egress_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_EGRESS_CERT and BROKER_TUNNEL_EGRESS_KEY must be set "
+        "together");
+  }
+  if (!config.egress_cert_file.empty() && config.egress_port < 0) {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_EGRESS_CERT needs BROKER_TUNNEL_EGRESS_PORT: there is "
+        "no egress endpoint to serve TLS on");
   }
   if (config.lanes < 1 || config.lanes > 1024) {
     return absl::InvalidArgumentError("BROKER_TUNNEL_LANES must be 1..1024");

@@ -20,6 +20,11 @@ struct TunnelConfig {
   std::string accept_path;  // ACCEPT: private rules choose the origin
   std::string client_url;   // BROKER_CLIENT_URL
   std::string ca_file;      // CA_CERT: extra trust for origins and server
+  // BROKER_TUNNEL_CLIENT_CERT/_KEY (PEM; both or neither, https server URL
+  // only): the certificate the worker presents to a server that requires
+  // mutual TLS on its tunnel endpoint.
+  std::string tunnel_client_cert_file;
+  std::string tunnel_client_key_file;
   // BROKER_HA_AGENT_ADDR (host:port): HA mode; the agent assigns the server
   // (server_url is then only the fallback the agent itself uses).
   std::string ha_agent_address;
@@ -28,6 +33,10 @@ struct TunnelConfig {
   // BROKER_TUNNEL_EGRESS_PORT: the gRPC endpoint broker-webhook hands
   // events to (0: any free port); unset (-1): no webhook egress.
   int egress_port = -1;
+  // BROKER_TUNNEL_EGRESS_CERT/_KEY (PEM; both or neither, needs the egress
+  // port): TLS on the egress endpoint; unset: plaintext.
+  std::string egress_cert_file;
+  std::string egress_key_file;
   // BROKER_TUNNEL_LANES: the fewest idle lanes kept parked; the pool grows
   // to the most requests in flight at once (each idle lane costs the server
   // about 19 KiB).
@@ -35,6 +44,9 @@ struct TunnelConfig {
   absl::Duration request_timeout = absl::Minutes(10);
   int io_threads = 2;
   std::string version = "0.1.0";
+  // BROKER_METRICS_ENABLED: false serves no /metrics and registers no gRPC
+  // interceptors (a benchmark's baseline).
+  bool metrics_enabled = true;
   filters::Variables variables;  // the environment, for ${VAR} in origins
 
   std::string healthcheck_path = "/healthcheck";  // BROKER_HEALTHCHECK_PATH

@@ -2,6 +2,7 @@
 
 #include "common/env_config.h"
 #include "common/executor.h"
+#include "common/grpc/rpc_metrics.h"
 #include "common/logging.h"
 #include "common/uuid.h"
 
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <utility>
+#include <vector>
 
 namespace broker::tunnel {
 namespace {
@@ -34,11 +36,53 @@ constexpr size_t kMaxQueuedReports = 32;
 
 class WatcherImpl;
 
+// How many of the watcher's gRPC call objects still exist. Each holds a
+// Token as its first member, which is destroyed last, after the call's
+// ClientContext: gRPC has let go of the call by then (a unary callback's
+// captures outlive the callback, and gRPC unrefs the call between the
+// two). Shutdown() waits for none, so that destroying the channel next,
+// and perhaps gRPC itself, never races a gRPC thread still finishing a
+// call.
+class LiveCalls {
+ public:
+  class Token {
+   public:
+    explicit Token(std::shared_ptr<LiveCalls> calls)
+        : calls_(std::move(calls)) {
+      calls_->Add(1);
+    }
+    ~Token() { calls_->Add(-1); }
+    Token(const Token&) = delete;
+    Token& operator=(const Token&) = delete;
+
+   private:
+    // Shared: the count outlives the watcher while the last token goes.
+    std::shared_ptr<LiveCalls> calls_;
+  };
+
+  void WaitForNone() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto none = [this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return count_ == 0; };
+    mu_.Await(absl::Condition(&none));
+  }
+
+ private:
+  void Add(int delta) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    count_ += delta;
+  }
+
+  absl::Mutex mu_;
+  int count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // One Watch stream. Owned by itself (`self_`) until OnDone; the watcher
 // keeps a shared_ptr only to cancel it.
 class WatchStream final : public grpc::ClientReadReactor<ha::v1::Assignment> {
  public:
-  explicit WatchStream(WatcherImpl& watcher) : watcher_(watcher) {}
+  WatchStream(WatcherImpl& watcher, std::shared_ptr<LiveCalls> calls)
+      : token_(std::move(calls)), watcher_(watcher) {}
 
   // `self` keeps this alive until OnDone; the caller keeps its own copy
   // across the call (OnDone may run inside StartCall()).
@@ -59,6 +103,7 @@ class WatchStream final : public grpc::ClientReadReactor<ha::v1::Assignment> {
   void Cancel() { context_.TryCancel(); }
 
  private:
+  const LiveCalls::Token token_;  // first: destroyed last
   WatcherImpl& watcher_;
   std::shared_ptr<WatchStream> self_;
   grpc::ClientContext context_;
@@ -69,6 +114,9 @@ class WatchStream final : public grpc::ClientReadReactor<ha::v1::Assignment> {
 
 // One Report call: its context and messages live until its callback.
 struct ReportCall {
+  explicit ReportCall(std::shared_ptr<LiveCalls> calls)
+      : token(std::move(calls)) {}
+  const LiveCalls::Token token;  // first: destroyed last
   grpc::ClientContext context;
   ha::v1::ReportRequest request;
   ha::v1::ReportResponse response;
@@ -94,8 +142,18 @@ class WatcherImpl final : public AssignmentWatcher {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetMaxReceiveMessageSize(1 << 20);
-    channel_ = grpc::CreateCustomChannel(
-        options_.agent_address, grpc::InsecureChannelCredentials(), args);
+    if (options_.rpc_metrics == nullptr) {
+      channel_ = grpc::CreateCustomChannel(
+          options_.agent_address, grpc::InsecureChannelCredentials(), args);
+    } else {
+      std::vector<std::unique_ptr<
+          grpc::experimental::ClientInterceptorFactoryInterface>>
+          interceptors;
+      interceptors.push_back(options_.rpc_metrics->ClientInterceptors());
+      channel_ = grpc::experimental::CreateCustomChannelWithInterceptors(
+          options_.agent_address, grpc::InsecureChannelCredentials(), args,
+          std::move(interceptors));
+    }
     stub_ = ha::v1::HaAgent::NewStub(channel_);
   }
 
@@ -135,6 +193,7 @@ class WatcherImpl final : public AssignmentWatcher {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<ha::v1::HaAgent::Stub> stub_;
   common::Executor executor_;  // callbacks and the reconnect timer
+  const std::shared_ptr<LiveCalls> live_calls_ = std::make_shared<LiveCalls>();
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -173,7 +232,7 @@ void WatcherImpl::StartStream() {
       request.set_server_id(current_->server_id());
       request.set_tunnel_url(current_->tunnel_url());
     }
-    stream = std::make_shared<WatchStream>(*this);
+    stream = std::make_shared<WatchStream>(*this, live_calls_);
     stream_ = stream;
     stream_running_ = true;
   }
@@ -255,7 +314,7 @@ void WatcherImpl::Report(ha::v1::ReportRequest::TunnelState state,
 
 std::shared_ptr<ReportCall> WatcherImpl::NextReportLocked() {
   if (stopping_ || reports_.empty()) return nullptr;
-  auto call = std::make_shared<ReportCall>();
+  auto call = std::make_shared<ReportCall>(live_calls_);
   call->request = std::move(reports_.front());
   reports_.pop_front();
   call->context.set_deadline(
@@ -313,6 +372,7 @@ void WatcherImpl::Shutdown() {
     };
     mu_.Await(absl::Condition(&ended));
   }
+  live_calls_->WaitForNone();
   // Joins the callback thread: a callback in progress returns first.
   executor_.Stop();
 }

@@ -28,6 +28,10 @@
 #include <optional>
 #include <string>
 
+namespace broker::common::rpc {
+class RpcMetrics;
+}  // namespace broker::common::rpc
+
 namespace broker::tunnel {
 
 // Where an assignment says to dial, split for the worker's channel.
@@ -64,6 +68,9 @@ struct AssignmentWatcherOptions {
   absl::Duration backoff_initial = absl::Milliseconds(100);
   absl::Duration backoff_max = absl::Seconds(2);
   absl::Duration report_timeout = absl::Seconds(2);  // each Report call
+  // Client-side RPC metrics of the agent channel (null: none); must
+  // outlive the watcher.
+  common::rpc::RpcMetrics* rpc_metrics = nullptr;
 };
 
 class AssignmentWatcher {

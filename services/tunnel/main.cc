@@ -34,6 +34,12 @@ int main(int argc, char** argv) {
            "                        /filters (default 8000)\n"
            "  BROKER_CLIENT_URL     this client's external URL\n"
            "  CA_CERT               extra CA bundle for origins and server\n"
+           "  BROKER_TUNNEL_CLIENT_CERT, BROKER_TUNNEL_CLIENT_KEY  client "
+           "certificate and key\n"
+           "                        (PEM, both or neither) presented to a "
+           "server that\n"
+           "                        requires mutual TLS; needs an https "
+           "BROKER_SERVER_URL\n"
            "  BROKER_TUNNEL_LANES   idle lanes kept at the server at least "
            "(default 1;\n"
            "                        the pool grows to the peak of requests in "
@@ -63,6 +69,15 @@ int main(int argc, char** argv) {
            "over webhooks\n"
            "                        (0: any free port; unset: no webhook "
            "egress)\n"
+           "  BROKER_TUNNEL_EGRESS_CERT, BROKER_TUNNEL_EGRESS_KEY  TLS on the "
+           "egress port\n"
+           "                        (PEM, both or neither; broker-webhook "
+           "then needs\n"
+           "                        BROKER_TUNNEL_EGRESS_CA)\n"
+           "  BROKER_METRICS_ENABLED  true: Prometheus text on GET /metrics "
+           "and gRPC\n"
+           "                        interceptors; false: /metrics is 404 "
+           "(default true)\n"
            "  LOG_LEVEL             debug|info|warn|error (default info)\n"
            "  any other variable    available to ${VAR} in accept rules\n";
     return 0;
@@ -99,6 +114,11 @@ int main(int argc, char** argv) {
     config.ha_agent_address = "127.0.0.1:7343";
   }
   config.ca_file = env.Optional("CA_CERT", "");
+  config.tunnel_client_cert_file =
+      env.Optional("BROKER_TUNNEL_CLIENT_CERT", "");
+  config.tunnel_client_key_file = env.Optional("BROKER_TUNNEL_CLIENT_KEY", "");
+  config.egress_cert_file = env.Optional("BROKER_TUNNEL_EGRESS_CERT", "");
+  config.egress_key_file = env.Optional("BROKER_TUNNEL_EGRESS_KEY", "");
   if (!absl::SimpleAtoi(env.Optional("BROKER_TUNNEL_LANES", "1"),
                         &config.lanes)) {
     return fail(absl::InvalidArgumentError(
@@ -108,6 +128,9 @@ int main(int argc, char** argv) {
   if (!timeout.ok()) return fail(timeout.status());
   config.request_timeout = *timeout;
   config.variables = broker::filters::Variables::FromEnviron(environ);
+  auto metrics_enabled = env.Bool("BROKER_METRICS_ENABLED", true);
+  if (!metrics_enabled.ok()) return fail(metrics_enabled.status());
+  config.metrics_enabled = *metrics_enabled;
   config.healthcheck_path =
       env.Optional("BROKER_HEALTHCHECK_PATH", "/healthcheck");
   config.systemcheck_path =
@@ -135,8 +158,8 @@ int main(int argc, char** argv) {
       env.Optional("BROKER_CLIENT_VALIDATION_BASIC_AUTH_POOL", "");
   check.credentials = broker::tunnel::ResolveValidationCredentials(
       credentials, config.variables);
-  absl::Status logging =
-      broker::common::InitLogging(env.Optional("LOG_LEVEL", "info"));
+  absl::Status logging = broker::common::InitLogging(
+      env.Optional("LOG_LEVEL", "info"), "broker-tunnel");
   if (!logging.ok()) return fail(logging);
 
   auto tunnel = broker::tunnel::BrokerTunnel::Create(std::move(config));

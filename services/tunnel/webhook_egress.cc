@@ -1,5 +1,7 @@
 #include "services/tunnel/webhook_egress.h"
 
+#include "common/grpc/rpc_metrics.h"
+
 #include "broker/webhook/v1/egress.grpc.pb.h"
 
 #include "grpcpp/grpcpp.h"
@@ -9,6 +11,7 @@
 
 #include <optional>
 #include <utility>
+#include <vector>
 
 namespace broker::tunnel {
 namespace {
@@ -17,8 +20,8 @@ using broker::tunnel::v1::DeliverDown;
 using broker::tunnel::v1::DeliverUp;
 
 // Metadata from broker-webhook passed on to the server unchanged.
-constexpr const char* kPassedMetadata[] = {"x-broker-delivery-id",
-                                           "x-broker-delivery-attempt"};
+constexpr const char* kPassedMetadata[] = {
+    "x-broker-delivery-id", "x-broker-delivery-attempt", "traceparent"};
 
 // One event: the webhook's Egress.Deliver call joined to a Tunnel.Deliver
 // call to the server. Each direction moves one message at a time (read
@@ -182,16 +185,31 @@ absl::StatusOr<std::unique_ptr<WebhookEgress>> WebhookEgress::Start(
   // Process-wide, and must precede the server's creation.
   grpc::EnableDefaultHealthCheckService(true);
   const std::string address = absl::StrCat(options.address, ":", options.port);
+  // Plaintext unless a certificate is given: broker-webhook and the
+  // workers share the private network (like the ha-agent), and what passes
+  // is checked again by the server's private rules.
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (options.tls) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back(
+        {options.tls->private_key, options.tls->cert_chain});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  common::rpc::RpcMetrics* const rpc_metrics = options.rpc_metrics;
   std::unique_ptr<WebhookEgress> egress(new WebhookEgress());
   egress->service_ =
       std::make_unique<Service>(std::move(options), egress->delivered_);
   grpc::ServerBuilder builder;
-  // Plaintext: broker-webhook and the workers share the private network
-  // (like the ha-agent); what passes is checked again by the server's
-  // private rules.
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                           &egress->port_);
+  builder.AddListeningPort(address, credentials, &egress->port_);
   builder.RegisterService(egress->service_.get());
+  if (rpc_metrics != nullptr) {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(rpc_metrics->ServerInterceptors());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   // Explicit limits: Debian's gRPC 1.51 has no backported HTTP/2 fixes.
   builder.SetMaxReceiveMessageSize(1 << 20);
   builder.SetMaxSendMessageSize(1 << 20);

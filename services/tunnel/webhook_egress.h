@@ -8,6 +8,8 @@
 // admitted, so broker-webhook's round_robin channel sends events only to
 // workers that can pass them on (docs/webhook.md).
 
+#include "common/pem.h"
+
 #include "broker/tunnel/v1/tunnel.grpc.pb.h"
 
 #include "absl/status/statusor.h"
@@ -23,6 +25,10 @@
 namespace grpc {
 class Server;
 }  // namespace grpc
+
+namespace broker::common::rpc {
+class RpcMetrics;
+}  // namespace broker::common::rpc
 
 namespace broker::tunnel {
 
@@ -40,6 +46,11 @@ struct WebhookEgressOptions {
   // The admitted tunnel, or nullopt while there is none. Called on gRPC
   // threads for each event; must not block.
   std::function<std::optional<DeliveryRoute>()> route;
+  // BROKER_TUNNEL_EGRESS_CERT/_KEY: TLS on the endpoint; unset: plaintext.
+  std::optional<common::PemKeyCertPair> tls;
+  // Server-side RPC metrics of the egress endpoint (null: none); must
+  // outlive the egress.
+  common::rpc::RpcMetrics* rpc_metrics = nullptr;
 };
 
 class WebhookEgress {

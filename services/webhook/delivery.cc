@@ -1,5 +1,6 @@
 #include "services/webhook/delivery.h"
 
+#include "common/http/trace_context.h"
 #include "common/logging.h"
 #include "common/status.h"
 
@@ -148,6 +149,11 @@ class Attempt final
     const Event& event = delivery_->event();
     context_.AddMetadata(kDeliveryIdMetadata, event.delivery_id);
     context_.AddMetadata(kDeliveryAttemptMetadata, absl::StrCat(number_));
+    if (auto traceparent =
+            http::FindHeader(event.headers, http::kTraceparentHeader)) {
+      context_.AddMetadata(std::string(http::kTraceparentHeader),
+                           std::string(*traceparent));
+    }
     context_.set_deadline(absl::ToChronoTime(event.deadline));
     // Fail at once when no worker is usable: the delivery decides.
     context_.set_wait_for_ready(false);
@@ -616,6 +622,7 @@ void Delivery::OnAttemptDone(const grpc::Status& status, AttemptResult result) {
   BROKER_LOG(kWebhook, kDebug,
              {{"delivery_id", event_.delivery_id},
               {"request_id", event_.request_id},
+              {"trace_id", event_.trace_id},
               {"attempt", attempts},
               {"grpc_status", static_cast<int>(status.error_code())},
               {"error", status.error_message()},
@@ -683,6 +690,7 @@ void Delivery::NoTunnel() {
     BROKER_LOG(kWebhook, kWarn,
                {{"delivery_id", event_.delivery_id},
                 {"request_id", event_.request_id},
+                {"trace_id", event_.trace_id},
                 {"path", PathOf(event_.url)}},
                "tunnel unavailable, forwarding via API.");
     env_.fallback->Forward(
@@ -714,6 +722,7 @@ void Delivery::Finish(Outcome outcome) {
   const common::LogField fields[] = {
       {"delivery_id", event_.delivery_id},
       {"request_id", event_.request_id},
+      {"trace_id", event_.trace_id},
       {"path", PathOf(event_.url)},
       {"attempts", attempts},
       {"outcome", OutcomeName(outcome)},

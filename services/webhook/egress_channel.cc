@@ -57,7 +57,7 @@ void EgressChannel::Watch() {
 }
 
 std::unique_ptr<EgressChannel> EgressChannel::Create(
-    const std::string& target,
+    const std::string& target, const std::string& tls_root_certs,
     std::vector<
         std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
         interceptors) {
@@ -83,12 +83,19 @@ std::unique_ptr<EgressChannel> EgressChannel::Create(
   // Body messages are at most 64 KiB; the workers send at most 1 MiB.
   args.SetMaxSendMessageSize(1 << 20);
   args.SetMaxReceiveMessageSize(2 << 20);
-  // Plaintext, as the workers' egress listens (same private network; what
-  // passes is checked again by the server's private rules).
+  // Plaintext unless BROKER_TUNNEL_EGRESS_CA is set, as the workers'
+  // egress listens (same private network; what passes is checked again by
+  // the server's private rules).
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (!tls_root_certs.empty()) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = tls_root_certs;
+    credentials = grpc::SslCredentials(tls);
+  }
   std::shared_ptr<grpc::Channel> channel =
       grpc::experimental::CreateCustomChannelWithInterceptors(
-          target, grpc::InsecureChannelCredentials(), args,
-          std::move(interceptors));
+          target, credentials, args, std::move(interceptors));
   channel->GetState(/*try_to_connect=*/true);
   return std::unique_ptr<EgressChannel>(
       new EgressChannel(target, std::move(channel)));

@@ -31,11 +31,12 @@ inline constexpr char kEgressServiceConfig[] =
 // Thread-safe (gRPC channels and stubs are).
 class EgressChannel {
  public:
-  // `target` is a gRPC target (NormalizeEgressTarget); `interceptors` see
-  // every call (the RPC metrics). Connects at once, and stays connected
-  // (no idle timeout), so health is always known.
+  // `target` is a gRPC target (NormalizeEgressTarget); `tls_root_certs`
+  // (PEM), when not empty, makes the channel TLS, trusting only them;
+  // `interceptors` see every call (the RPC metrics). Connects at once, and
+  // stays connected (no idle timeout), so health is always known.
   static std::unique_ptr<EgressChannel> Create(
-      const std::string& target,
+      const std::string& target, const std::string& tls_root_certs = "",
       std::vector<std::unique_ptr<
           grpc::experimental::ClientInterceptorFactoryInterface>>
           interceptors = {});

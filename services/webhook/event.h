@@ -19,7 +19,9 @@ struct Event {
   std::string request_id;   // the SCM's id of the event (RequestIdOf)
   std::string method;
   std::string url;                // path?query, as the SCM sent it
-  common::http::Headers headers;  // as received, minus PassedOn() ones
+  common::http::Headers headers;  // as received, minus PassedOn() ones,
+                                  // with this hop's traceparent
+  std::string trace_id;           // for logs
   absl::Time received;
   // Every answer goes out before it; attempts and the fallback end there.
   absl::Time deadline;

@@ -32,6 +32,10 @@ const char kWebhookHelp[] =
     "                        resolving to every worker (host:port or "
     "dns:///host:port,\n"
     "                        e.g. a Kubernetes headless Service)\n"
+    "  BROKER_TUNNEL_EGRESS_CA  CA bundle (PEM): TLS toward the egress "
+    "endpoints,\n"
+    "                        whose certificates it verifies (unset: "
+    "plaintext)\n"
     "  ACCEPT                accept rules file (required): its public rules "
     "filter events\n"
     "  PORT                  HTTP port (default 8001; 0 = any free port)\n"
@@ -203,6 +207,7 @@ absl::StatusOr<WebhookConfig> WebhookConfigFromEnv(
   BROKER_ASSIGN_OR_RETURN(const std::string target,
                           env.Required(kTargetVariable));
   BROKER_ASSIGN_OR_RETURN(config.egress_target, NormalizeEgressTarget(target));
+  config.egress_ca_file = env.Optional("BROKER_TUNNEL_EGRESS_CA", "");
   BROKER_ASSIGN_OR_RETURN(config.accept_path, env.Required("ACCEPT"));
   BROKER_ASSIGN_OR_RETURN(config.port, env.Port("PORT", kDefaultWebhookPort,
                                                 common::PortZero::kAllowed));

@@ -34,6 +34,10 @@ struct WebhookConfig {
   // form gRPC takes ("ipv4:10.0.0.1:7344,10.0.0.2:7344",
   // "dns:///broker-tunnel-egress:7344"); see NormalizeEgressTarget.
   std::string egress_target;  // BROKER_TUNNEL_EGRESS_TARGET
+  // BROKER_TUNNEL_EGRESS_CA: a PEM bundle; set, the channel to the egress
+  // endpoints speaks TLS and trusts only it (the workers then serve
+  // BROKER_TUNNEL_EGRESS_CERT); unset: plaintext.
+  std::string egress_ca_file;
 
   // Every event is answered within this (BROKER_WEBHOOK_TIMEOUT_MS).
   absl::Duration timeout = absl::Seconds(30);

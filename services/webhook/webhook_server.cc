@@ -3,8 +3,10 @@
 #include "common/executor.h"
 #include "common/grpc/rpc_metrics.h"
 #include "common/http/server.h"
+#include "common/http/trace_context.h"
 #include "common/http/whole_body.h"
 #include "common/logging.h"
+#include "common/pem.h"
 #include "common/status.h"
 #include "common/uuid.h"
 #include "filters/blocked.h"
@@ -54,14 +56,16 @@ constexpr absl::Duration kCancelGrace = absl::Seconds(2);
 
 class DefaultWebhookServer final : public WebhookServer {
  public:
+  // `egress_root_certs`: BROKER_TUNNEL_EGRESS_CA's text (empty: plaintext).
   DefaultWebhookServer(WebhookConfig config,
-                       std::shared_ptr<const filters::RuleSet> rules)
+                       std::shared_ptr<const filters::RuleSet> rules,
+                       const std::string& egress_root_certs)
       : config_(std::move(config)),
         rules_(std::move(rules)),
         executor_(config_.io_threads),
         rpc_metrics_(metrics_.registry(),
                      common::rpc::RpcMetrics::Side::kClient),
-        channel_(EgressChannel::Create(config_.egress_target,
+        channel_(EgressChannel::Create(config_.egress_target, egress_root_certs,
                                        ClientInterceptors(rpc_metrics_))),
         env_{executor_.io(),
              *channel_,
@@ -109,6 +113,7 @@ class DefaultWebhookServer final : public WebhookServer {
     BROKER_LOG(kWebhook, kInfo,
                {{"port", port},
                 {"egress_target", config_.egress_target},
+                {"egress_tls", !config_.egress_ca_file.empty()},
                 {"api_fallback", config_.api_fallback}},
                "broker-webhook is listening");
     return port;
@@ -158,6 +163,8 @@ class DefaultWebhookServer final : public WebhookServer {
     for (const http::Header& h : request.headers) {
       if (PassedOn(h.name)) event.headers.push_back(h);
     }
+    // broker-webhook's span of the SCM's trace (or the trace's start).
+    event.trace_id = http::ContinueTrace(event.headers);
     event.fallback_allowed = absl::StartsWith(path, "/webhook/");
 
     if (!rules_->NeedsBody(filters::RuleList::kPublic, event.method,
@@ -203,6 +210,7 @@ class DefaultWebhookServer final : public WebhookServer {
         filters::BlockedReason(filters::BlockedFlow::kHttp, decision);
     BROKER_LOG(kWebhook, kWarn,
                {{"request_id", event.request_id},
+                {"trace_id", event.trace_id},
                 {"method", event.method},
                 {"path", PathOf(event.url)},
                 {"reason", decision.reason}},
@@ -275,8 +283,18 @@ absl::StatusOr<std::unique_ptr<WebhookServer>> WebhookServer::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("ACCEPT: ", rules.status().message()));
   }
-  auto server = std::make_unique<DefaultWebhookServer>(std::move(config),
-                                                       *std::move(rules));
+  std::string egress_root_certs;
+  if (!config.egress_ca_file.empty()) {
+    absl::StatusOr<std::string> ca =
+        common::ReadPemCertificates(config.egress_ca_file);
+    if (!ca.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("BROKER_TUNNEL_EGRESS_CA: ", ca.status().message()));
+    }
+    egress_root_certs = *std::move(ca);
+  }
+  auto server = std::make_unique<DefaultWebhookServer>(
+      std::move(config), *std::move(rules), egress_root_certs);
   BROKER_RETURN_IF_ERROR(server->Init());
   return server;
 }

@@ -20,6 +20,8 @@ namespace {
 
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+using ::testing::Not;
 
 constexpr char kToken[] = "7f9a8d7c-1b2e-4c3d-9e8f-0a1b2c3d4e5f";
 
@@ -135,6 +137,35 @@ TEST_F(DataPathTest, GeneratesARequestIdWhenThePlatformSendsNone) {
   auto r = Get("/echo");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->Header("snyk-request-id").size(), 36u);
+}
+
+TEST_F(DataPathTest, ThePlatformsTraceReachesTheOriginOneSpanPerHop) {
+  constexpr char kTrace[] = "0af7651916cd43dd8448eb211c80319c";
+  auto r =
+      Get("/echo",
+          {{"traceparent", absl::StrCat("00-", kTrace, "-b7ad6b7169203331-01")},
+           {"tracestate", "vendor=1"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json headers = json::parse(r->body)["headers"];
+  const std::string traceparent = headers.value("traceparent", "");
+  EXPECT_THAT(traceparent,
+              MatchesRegex(absl::StrCat("00-", kTrace, "-[0-9a-f]{16}-01")));
+  EXPECT_THAT(traceparent, Not(HasSubstr("b7ad6b7169203331")));
+  EXPECT_EQ(headers.value("tracestate", ""), "vendor=1");
+}
+
+TEST_F(DataPathTest, ATraceStartsWhenThePlatformSendsNone) {
+  auto first = Get("/echo");
+  auto second = Get("/echo", {{"traceparent", "not-a-trace"}});
+  ASSERT_TRUE(first.ok() && second.ok());
+  const std::string a =
+      json::parse(first->body)["headers"].value("traceparent", "");
+  const std::string b =
+      json::parse(second->body)["headers"].value("traceparent", "");
+  EXPECT_THAT(a, MatchesRegex("00-[0-9a-f]{32}-[0-9a-f]{16}-00"));
+  EXPECT_THAT(b, MatchesRegex("00-[0-9a-f]{32}-[0-9a-f]{16}-00"));
+  EXPECT_NE(a.substr(3, 32), b.substr(3, 32));
 }
 
 TEST_F(DataPathTest, UserinfoInTheOriginBecomesBasicAuth) {

@@ -52,11 +52,13 @@ constexpr std::int64_t kOneDay = 24 * kOneHour;
   return absl::OkStatus();
 }
 
-// A certificate for `key` named `common_name`, issued by `issuer` (itself
-// when null) and signed with `issuer_key`.
+enum class Usage { kServer, kClient };
+
+// A certificate for `key` named `common_name`, issued by `issuer` (itself,
+// a CA, when null) and signed with `issuer_key`; a leaf is for `usage`.
 [[nodiscard]] absl::StatusOr<common::X509Ptr> MakeCertificate(
     EVP_PKEY& key, const std::string& common_name, X509* issuer,
-    EVP_PKEY& issuer_key) {
+    EVP_PKEY& issuer_key, Usage usage = Usage::kServer) {
   common::X509Ptr cert(X509_new());
   if (cert == nullptr) return OpenSslError("X509_new");
   std::uint32_t serial = 0;
@@ -92,10 +94,15 @@ constexpr std::int64_t kOneDay = 24 * kOneHour;
                                         "critical,CA:FALSE"));
     BROKER_RETURN_IF_ERROR(AddExtension(*cert, signer, NID_key_usage,
                                         "critical,digitalSignature"));
-    BROKER_RETURN_IF_ERROR(
-        AddExtension(*cert, signer, NID_ext_key_usage, "serverAuth"));
-    BROKER_RETURN_IF_ERROR(AddExtension(*cert, signer, NID_subject_alt_name,
-                                        "IP:127.0.0.1,DNS:localhost"));
+    if (usage == Usage::kServer) {
+      BROKER_RETURN_IF_ERROR(
+          AddExtension(*cert, signer, NID_ext_key_usage, "serverAuth"));
+      BROKER_RETURN_IF_ERROR(AddExtension(*cert, signer, NID_subject_alt_name,
+                                          "IP:127.0.0.1,DNS:localhost"));
+    } else {
+      BROKER_RETURN_IF_ERROR(
+          AddExtension(*cert, signer, NID_ext_key_usage, "clientAuth"));
+    }
     BROKER_RETURN_IF_ERROR(AddExtension(
         *cert, signer, NID_authority_key_identifier, "keyid:always"));
   }
@@ -136,13 +143,21 @@ absl::StatusOr<TestPki> MakeTestPki(const std::string& dir,
   BROKER_ASSIGN_OR_RETURN(
       common::X509Ptr leaf,
       MakeCertificate(*leaf_key, "127.0.0.1", ca.get(), *ca_key));
+  BROKER_ASSIGN_OR_RETURN(common::EvpPkeyPtr client_key, NewKey());
+  BROKER_ASSIGN_OR_RETURN(common::X509Ptr client,
+                          MakeCertificate(*client_key, "broker test worker",
+                                          ca.get(), *ca_key, Usage::kClient));
   TestPki pki;
   pki.ca_cert_file = absl::StrCat(dir, "/", prefix, "-ca.pem");
   pki.leaf_cert_file = absl::StrCat(dir, "/", prefix, "-cert.pem");
   pki.leaf_key_file = absl::StrCat(dir, "/", prefix, "-key.pem");
+  pki.client_cert_file = absl::StrCat(dir, "/", prefix, "-client-cert.pem");
+  pki.client_key_file = absl::StrCat(dir, "/", prefix, "-client-key.pem");
   BROKER_RETURN_IF_ERROR(WriteCertificate(pki.ca_cert_file, *ca));
   BROKER_RETURN_IF_ERROR(WriteCertificate(pki.leaf_cert_file, *leaf));
   BROKER_RETURN_IF_ERROR(WriteKey(pki.leaf_key_file, *leaf_key));
+  BROKER_RETURN_IF_ERROR(WriteCertificate(pki.client_cert_file, *client));
+  BROKER_RETURN_IF_ERROR(WriteKey(pki.client_key_file, *client_key));
   return pki;
 }
 

@@ -30,6 +30,8 @@ namespace broker::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+using ::testing::Not;
 using json = nlohmann::json;
 
 constexpr char kToken[] = "5e4d3c2b-1a09-4f8e-9d7c-6b5a4f3e2d1c";
@@ -118,11 +120,13 @@ class WebhookMeshTest : public ::testing::Test {
   // Posts like GitHub does.
   absl::StatusOr<Fetched> Post(Fetcher& fetcher, absl::string_view path,
                                std::string body,
-                               const std::string& delivery = "d-1") {
-    return fetcher.Fetch("POST", WebhookUrl(path),
-                         {{"content-type", "application/json"},
-                          {"x-github-event", "push"},
-                          {"x-github-delivery", delivery}},
+                               const std::string& delivery = "d-1",
+                               common::http::Headers extra = {}) {
+    common::http::Headers headers = {{"content-type", "application/json"},
+                                     {"x-github-event", "push"},
+                                     {"x-github-delivery", delivery}};
+    for (common::http::Header& h : extra) headers.push_back(std::move(h));
+    return fetcher.Fetch("POST", WebhookUrl(path), std::move(headers),
                          std::move(body));
   }
 
@@ -187,6 +191,29 @@ TEST_F(WebhookMeshTest, ReachesThePlatformWithBodyAndHeadersIntact) {
   EXPECT_EQ(headers["x-snyk-broker"], common::MaskToken(kToken));
   EXPECT_EQ(headers["x-broker-token"], kToken);
   EXPECT_EQ(PlatformSaw()["POST /webhook/github/42"], 1);
+}
+
+TEST_F(WebhookMeshTest, TheScmsTraceReachesThePlatformOneSpanPerHop) {
+  StartWorkers(1);
+  ASSERT_FALSE(HasFatalFailure());
+  StartWebhook();
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(WaitHealthy());
+  constexpr char kTrace[] = "4bf92f3577b34da6a3ce929d0e0e4736";
+  auto r = Post(
+      fetcher_, "/webhook/github/7", "{}", "delivery-7",
+      {{"traceparent", absl::StrCat("00-", kTrace, "-00f067aa0ba902b7-01")}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  json echo = json::parse(r->body, nullptr, false);
+  ASSERT_TRUE(echo.is_object()) << r->body;
+  const std::string traceparent = echo["headers"].value("traceparent", "");
+  // Same trace, sampled, and a parent id of the broker's, not the SCM's.
+  EXPECT_THAT(traceparent,
+              MatchesRegex(absl::StrCat("00-", kTrace, "-[0-9a-f]{16}-01")));
+  EXPECT_THAT(traceparent, Not(HasSubstr("00f067aa0ba902b7")));
+  // broker-webhook's log line for the event names the trace.
+  EXPECT_TRUE(webhook_->WaitForLine(kTrace, absl::Seconds(10)).ok());
 }
 
 TEST_F(WebhookMeshTest, ClientPublicRulesBlockBeforeAnyTunnel) {

@@ -385,6 +385,19 @@ async function clientChecks() {
     }
   }
 
+  const mtls = "HA off, mutual TLS on the tunnel";
+  o = await render(chart, CREL, CNS, mtls, ["--set", "tunnelClientCertSecret.name=worker-cert"], ["Secret/worker-cert"]);
+  if (o) {
+    const tunnel = find(o, "Deployment", tunnelName);
+    const t = envOf(container(tunnel, "tunnel"));
+    check(t.BROKER_TUNNEL_CLIENT_CERT === "/etc/broker/tunnel-client/tls.crt" && t.BROKER_TUNNEL_CLIENT_KEY === "/etc/broker/tunnel-client/tls.key",
+      `${mtls}: BROKER_TUNNEL_CLIENT_CERT/_KEY set`, [t.BROKER_TUNNEL_CLIENT_CERT, t.BROKER_TUNNEL_CLIENT_KEY]);
+    const v = podSpecOf(tunnel).volumes.find((x) => x.name === "tunnel-client-cert");
+    check(v?.secret?.secretName === "worker-cert", `${mtls}: the certificate from Secret worker-cert`, v);
+    const m = container(tunnel, "tunnel").volumeMounts.find((x) => x.name === "tunnel-client-cert");
+    check(m?.mountPath === "/etc/broker/tunnel-client" && m.readOnly, `${mtls}: mounted read-only into the tunnel container`, m);
+  }
+
   const npLabel = "HA on, NetworkPolicy";
   o = await render(chart, CREL, CNS, npLabel, ["--set", "highAvailabilityMode.enabled=true",
     "--set", "networkPolicy.enabled=true",
@@ -438,6 +451,8 @@ async function clientChecks() {
   rejects(chart, CREL, CNS, "HA on without the ha-agent", ["--set", "highAvailabilityMode.enabled=true", "--set", "haAgent.enabled=false"],
     ["haAgent.enabled"]);
   rejects(chart, CREL, CNS, "NetworkPolicy without a server CIDR", ["--set", "networkPolicy.enabled=true"], ["networkPolicy.brokerServer"]);
+  rejects(chart, CREL, CNS, "a client certificate over http", ["--set", "tunnelClientCertSecret.name=worker-cert", "--set", "brokerServerUrl=http://broker.example.test"],
+    ["tunnelClientCertSecret.name", "https://"]);
   rejects(chart, CREL, CNS, "an unknown value", ["--set", "replicas=3"], ["replicas"]);
 }
 
@@ -523,11 +538,25 @@ async function serverChecks() {
   if (o) {
     const r = serverCommon(o, label, { replicas: 2, scheme: "https" });
     if (r) check(r.e.HTTPS_CERT && r.e.HTTPS_KEY, `${label}: HTTPS_CERT and HTTPS_KEY set`);
+    if (r) check(r.e.BROKER_TUNNEL_CLIENT_CA === undefined, `${label}: no mutual TLS unless asked`);
+  }
+
+  label = "TLS on, mutual TLS on the tunnel";
+  o = await render(chart, SREL, SNS, label, ["--set", "enableHttps=true", "--set", "httpsSecret.name=server-tls",
+    "--set", "tunnelClientCaSecret.name=worker-ca"], ["Secret/server-tls", "Secret/worker-ca"]);
+  if (o) {
+    const r = serverCommon(o, label, { replicas: 3, scheme: "https" });
+    if (r) {
+      check(r.e.BROKER_TUNNEL_CLIENT_CA === "/etc/broker/tunnel-client-ca/ca.pem", `${label}: BROKER_TUNNEL_CLIENT_CA set`, r.e.BROKER_TUNNEL_CLIENT_CA);
+      const v = podSpecOf(r.sts).volumes.find((x) => x.name === "tunnel-client-ca");
+      check(v?.secret?.secretName === "worker-ca" && v.secret.items?.[0]?.key === "ca.crt", `${label}: the CA bundle from Secret worker-ca (key ca.crt)`, v);
+    }
   }
 
   rejects(chart, SREL, SNS, "2 dispatchers without Redis", ["--set", "dispatcher.replicaCount=2"], ["dispatcher.replicaCount=2", "needs Redis"]);
   rejects(chart, SREL, SNS, "grace period shorter than the drain", ["--set", "server.terminationGracePeriodSeconds=5"], ["terminationGracePeriodSeconds=5"]);
   rejects(chart, SREL, SNS, "no accept.json", ["--set", "acceptJson="], ["acceptJson: required"]);
+  rejects(chart, SREL, SNS, "mutual TLS without TLS", ["--set", "tunnelClientCaSecret.name=worker-ca"], ["tunnelClientCaSecret.name", "enableHttps=true"]);
   rejects(chart, SREL, SNS, "bundled and external Redis at once", ["--set", "redis.enabled=true", "--set", "redis.url=redis://r:6379"], ["choose one"]);
 }
 

@@ -157,6 +157,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "enableBrokerLocalWebserverOverHttps=true: set httpsSecret.name (a kubernetes.io/tls Secret), or both httpsCert and httpsKey" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.tunnelClientCertSecret.name (not (hasPrefix "https://" .Values.brokerServerUrl)) -}}
+{{- fail "tunnelClientCertSecret.name: a client certificate is only presented over TLS; brokerServerUrl must be https://" -}}
+{{- end -}}
 {{- if .Values.networkPolicy.enabled -}}
 {{- if not .Values.networkPolicy.brokerServer -}}
 {{- fail "networkPolicy.brokerServer: at least one {cidr, ports} entry is needed when networkPolicy.enabled=true (the tunnel must reach the server)" -}}

@@ -133,6 +133,9 @@ dispatcher.externalUrl. */}}
 {{- fail "enableHttps=true: set httpsSecret.name (a kubernetes.io/tls Secret), or both httpsCert and httpsKey" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.tunnelClientCaSecret.name (not .Values.enableHttps) -}}
+{{- fail "tunnelClientCaSecret.name: mutual TLS on the tunnel needs enableHttps=true" -}}
+{{- end -}}
 {{- if le (int .Values.server.terminationGracePeriodSeconds) (div (int .Values.server.drainWaitMs) 1000) -}}
 {{- fail (printf "server.terminationGracePeriodSeconds=%v: must be longer than server.drainWaitMs (%vms) plus the time in-flight requests need" .Values.server.terminationGracePeriodSeconds .Values.server.drainWaitMs) -}}
 {{- end -}}
