@@ -5,9 +5,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
@@ -39,6 +41,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -134,16 +137,16 @@ absl::StatusOr<CgiResult> ParseCgiOutput(const std::string& output) {
   return result;
 }
 
-// Runs `git http-backend` with exactly `env`, writes `body` to its stdin on
-// a second thread while this one reads its stdout (so neither pipe can fill
-// up and stall the other), and waits for it. Blocking: call it on a thread
-// of its own.
-absl::StatusOr<CgiResult> RunGitHttpBackend(std::vector<std::string> env,
-                                            std::string body) {
+}  // namespace
+
+absl::StatusOr<ProcessResult> RunProcess(const std::vector<std::string>& argv,
+                                         std::vector<std::string> env,
+                                         std::string input) {
+  if (argv.empty()) return absl::InvalidArgumentError("RunProcess: no argv");
   std::array<int, 2> in{-1, -1};
   std::array<int, 2> out{-1, -1};
-  // O_CLOEXEC: a CGI started concurrently must not inherit these ends, or
-  // this one's stdin would never see EOF.
+  // O_CLOEXEC: a program started concurrently must not inherit these ends,
+  // or this one's stdin would never see EOF.
   if (pipe2(in.data(), O_CLOEXEC) != 0) return ErrnoError("pipe");
   absl::Cleanup close_in = [&in] {
     for (int fd : in) {
@@ -168,7 +171,7 @@ absl::StatusOr<CgiResult> RunGitHttpBackend(std::vector<std::string> env,
   posix_spawnattr_init(&attr);
   absl::Cleanup destroy_attr = [&attr] { posix_spawnattr_destroy(&attr); };
   // The caller's threads may block signals (test-origin blocks SIGTERM);
-  // git starts with none blocked and SIGPIPE at its default.
+  // the program starts with none blocked and SIGPIPE at its default.
   sigset_t none;
   sigemptyset(&none);
   posix_spawnattr_setsigmask(&attr, &none);
@@ -179,62 +182,81 @@ absl::StatusOr<CgiResult> RunGitHttpBackend(std::vector<std::string> env,
   posix_spawnattr_setflags(&attr,
                            POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
-  std::array<char*, 3> argv = {const_cast<char*>("git"),
-                               const_cast<char*>("http-backend"), nullptr};
+  std::vector<std::string> args = argv;
+  std::vector<char*> argp;
+  argp.reserve(args.size() + 1);
+  for (std::string& arg : args) argp.push_back(arg.data());
+  argp.push_back(nullptr);
   std::vector<char*> envp;
   envp.reserve(env.size() + 1);
   for (std::string& entry : env) envp.push_back(entry.data());
   envp.push_back(nullptr);
   pid_t pid = 0;
   const int spawned =
-      posix_spawnp(&pid, "git", &actions, &attr, argv.data(), envp.data());
+      posix_spawnp(&pid, argp[0], &actions, &attr, argp.data(), envp.data());
   if (spawned != 0) {
     return absl::InternalError(
-        absl::StrCat("spawn git http-backend: ", std::strerror(spawned)));
+        absl::StrCat("spawn ", argv[0], ": ", std::strerror(spawned)));
   }
   close(in[0]);
   in[0] = -1;
   close(out[1]);
   out[1] = -1;
 
-  // The writer owns the write end and closes it when done: a CGI that
-  // reads its stdin to EOF (no CONTENT_LENGTH) needs that to finish.
-  std::thread writer([fd = std::exchange(in[1], -1), &body] {
-    // A CGI that exits without reading its stdin must not kill the origin
-    // with SIGPIPE: blocked here, the write fails with EPIPE instead.
+  // The writer owns the write end and closes it when done: a program that
+  // reads its stdin to EOF needs that to finish. It writes on a second
+  // thread while this one reads, so neither pipe can fill up and stall the
+  // other.
+  std::thread writer([fd = std::exchange(in[1], -1), &input] {
+    // A program that exits without reading its stdin must not kill the
+    // origin with SIGPIPE: blocked here, the write fails with EPIPE instead.
     sigset_t pipe_signal;
     sigemptyset(&pipe_signal);
     sigaddset(&pipe_signal, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
     std::size_t written = 0;
-    while (written < body.size()) {
-      const ssize_t n = write(fd, body.data() + written, body.size() - written);
+    while (written < input.size()) {
+      const ssize_t n =
+          write(fd, input.data() + written, input.size() - written);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
       written += static_cast<std::size_t>(n);
     }
     close(fd);
   });
-  std::string output;
+  ProcessResult result;
   std::array<char, std::size_t{64} * 1024> chunk{};
   while (true) {
     const ssize_t n = read(out[0], chunk.data(), chunk.size());
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    output.append(chunk.data(), static_cast<std::size_t>(n));
+    result.out.append(chunk.data(), static_cast<std::size_t>(n));
   }
   writer.join();
   int wait_status = 0;
   while (waitpid(pid, &wait_status, 0) < 0) {
     if (errno != EINTR) return ErrnoError("waitpid");
   }
-  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
-    if (output.empty()) {
-      return absl::InternalError(absl::StrCat(
-          "git http-backend failed (wait status ", wait_status, ")"));
-    }
+  result.exit_code = WIFEXITED(wait_status)     ? WEXITSTATUS(wait_status)
+                     : WIFSIGNALED(wait_status) ? 128 + WTERMSIG(wait_status)
+                                                : 255;
+  return result;
+}
+
+namespace {
+
+// Runs `git http-backend` with exactly `env`, `body` on its stdin. Blocking:
+// call it on a thread of its own.
+absl::StatusOr<CgiResult> RunGitHttpBackend(std::vector<std::string> env,
+                                            std::string body) {
+  BROKER_ASSIGN_OR_RETURN(
+      ProcessResult run,
+      RunProcess({"git", "http-backend"}, std::move(env), std::move(body)));
+  if (run.exit_code != 0 && run.out.empty()) {
+    return absl::InternalError(absl::StrCat(
+        "git http-backend failed (exit code ", run.exit_code, ")"));
   }
-  return ParseCgiOutput(output);
+  return ParseCgiOutput(run.out);
 }
 
 // Copies `name` from this process's environment into `env`, if set.
@@ -243,6 +265,174 @@ void PassThrough(const char* name, std::vector<std::string>& env) {
   if (const char* value = std::getenv(name)) {
     env.push_back(absl::StrCat(name, "=", value));
   }
+}
+
+// The environment of the git programs the origin runs.
+std::vector<std::string> GitEnv() {
+  std::vector<std::string> env = {"LC_ALL=C"};
+  for (const char* name :
+       {"PATH", "HOME", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL"}) {
+    PassThrough(name, env);
+  }
+  return env;
+}
+
+// --- The SCM-like API over the git root ------------------------------------
+
+constexpr absl::string_view kApiPrefix = "/api/v3/";
+constexpr absl::string_view kReposPrefix = "/api/v3/repos/";
+
+// "%2e%2E" -> "..": std::nullopt on a malformed escape.
+std::optional<std::string> PercentDecode(absl::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i]);
+      continue;
+    }
+    int value = 0;
+    if (i + 2 >= in.size() || !absl::ascii_isxdigit(in[i + 1]) ||
+        !absl::ascii_isxdigit(in[i + 2]) ||
+        !absl::SimpleHexAtoi(in.substr(i + 1, 2), &value)) {
+      return std::nullopt;
+    }
+    out.push_back(static_cast<char>(value));
+    i += 2;
+  }
+  return out;
+}
+
+struct ApiAnswer {
+  unsigned status = 200;
+  nlohmann::json body;
+};
+
+ApiAnswer ApiError(unsigned status, absl::string_view message) {
+  return {status, nlohmann::json{{"message", std::string(message)}}};
+}
+
+// An owner or repository name: [A-Za-z0-9._-]+, not starting with '.'.
+bool IsRepoName(absl::string_view name) {
+  if (name.empty() || name.front() == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+// The first line of <git_dir>/HEAD: "ref: refs/heads/main" -> "main".
+std::optional<std::string> DefaultBranch(const std::string& git_dir) {
+  std::ifstream head(git_dir + "/HEAD");
+  std::string line;
+  if (!head || !std::getline(head, line)) return std::nullopt;
+  absl::string_view ref = absl::StripAsciiWhitespace(line);
+  if (!absl::ConsumePrefix(&ref, "ref: refs/heads/")) return "HEAD";
+  return std::string(ref);
+}
+
+// The file `path` at HEAD of `git_dir`, through `git cat-file --batch`:
+// {sha, content}, or std::nullopt when HEAD has no such file (or no HEAD).
+// Blocking.
+absl::StatusOr<std::optional<std::pair<std::string, std::string>>> HeadBlob(
+    const std::string& git_dir, const std::string& path) {
+  BROKER_ASSIGN_OR_RETURN(
+      ProcessResult run,
+      RunProcess(
+          {"git", absl::StrCat("--git-dir=", git_dir), "cat-file", "--batch"},
+          GitEnv(), absl::StrCat("HEAD:", path, "\n")));
+  if (run.exit_code != 0) {
+    return absl::InternalError(
+        absl::StrCat("git cat-file exited with ", run.exit_code));
+  }
+  // "<sha> <type> <size>\n<content>\n", or "<object> missing\n".
+  const std::size_t eol = run.out.find('\n');
+  if (eol == std::string::npos) {
+    return absl::InternalError("git cat-file answered no line");
+  }
+  const std::vector<absl::string_view> head =
+      absl::StrSplit(absl::string_view(run.out).substr(0, eol), ' ');
+  std::size_t size = 0;
+  if (head.size() != 3 || head[1] != "blob" ||
+      !absl::SimpleAtoi(head[2], &size)) {
+    return std::nullopt;  // missing, or a tree
+  }
+  if (run.out.size() < eol + 1 + size) {
+    return absl::InternalError("git cat-file answered a short object");
+  }
+  return std::make_pair(std::string(head[0]), run.out.substr(eol + 1, size));
+}
+
+// Whether the API request for `path` runs git (and so a thread of its own).
+bool ApiNeedsGit(absl::string_view path) {
+  return absl::StrContains(path, "/contents/");
+}
+
+// The answer of the API route for `method` `path` (a path under
+// kApiPrefix) over the repositories under `git_root`. Blocking when
+// ApiNeedsGit(path).
+ApiAnswer ScmApi(const std::string& git_root, absl::string_view method,
+                 absl::string_view path) {
+  std::vector<std::string> segments;
+  for (absl::string_view raw : absl::StrSplit(path, '/')) {
+    std::optional<std::string> segment = PercentDecode(raw);
+    // No way out of the root: no "..", no "." and nothing that could end
+    // a `git cat-file --batch` line or a path.
+    if (!segment.has_value() || *segment == ".." || *segment == "." ||
+        std::any_of(segment->begin(), segment->end(),
+                    [](char c) {
+                      return static_cast<unsigned char>(c) < 0x20 || c == '\\';
+                    }) ||
+        absl::StrContains(*segment, '/')) {
+      return ApiError(400, "Bad Request");
+    }
+    segments.push_back(*std::move(segment));
+  }
+  if (!absl::StartsWith(path, kReposPrefix) ||
+      (method != "GET" && method != "HEAD")) {
+    return ApiError(404, "Not Found");
+  }
+  // "", "api", "v3", "repos", owner, repo[, "contents", path...]
+  constexpr std::size_t kOwner = 4;
+  const bool repo_only = segments.size() == kOwner + 2;
+  const bool contents = segments.size() > kOwner + 3 &&
+                        segments[kOwner + 2] == "contents" &&
+                        !segments.back().empty();
+  if (!repo_only && !contents) return ApiError(404, "Not Found");
+  const std::string& owner = segments[kOwner];
+  const std::string& repo = segments[kOwner + 1];
+  if (!IsRepoName(owner) || !IsRepoName(repo)) {
+    return ApiError(404, "Not Found");
+  }
+  const std::string git_dir =
+      absl::StrCat(git_root, "/", owner, "/", repo, ".git");
+  const std::optional<std::string> branch = DefaultBranch(git_dir);
+  if (!branch.has_value()) return ApiError(404, "Not Found");
+  if (repo_only) {
+    return {200, nlohmann::json{{"full_name", absl::StrCat(owner, "/", repo)},
+                                {"name", repo},
+                                {"default_branch", *branch},
+                                {"private", true}}};
+  }
+  std::vector<std::string> file_segments(
+      segments.begin() + static_cast<std::ptrdiff_t>(kOwner + 3),
+      segments.end());
+  if (std::any_of(file_segments.begin(), file_segments.end(),
+                  [](const std::string& s) { return s.empty(); })) {
+    return ApiError(404, "Not Found");
+  }
+  const std::string file = absl::StrJoin(file_segments, "/");
+  absl::StatusOr<std::optional<std::pair<std::string, std::string>>> blob =
+      HeadBlob(git_dir, file);
+  if (!blob.ok()) return ApiError(500, blob.status().message());
+  if (!blob->has_value()) return ApiError(404, "Not Found");
+  const auto& [sha, content] = **blob;
+  return {200, nlohmann::json{{"type", "file"},
+                              {"name", file_segments.back()},
+                              {"path", file},
+                              {"sha", sha},
+                              {"size", content.size()},
+                              {"encoding", "base64"},
+                              {"content", absl::Base64Escape(content)}}};
 }
 
 }  // namespace
@@ -507,6 +697,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                !origin_.options().git_project_root.empty()) {
       keep_body_ = true;
       DrainBody([self] { self->RunGit(); });
+    } else if (absl::StartsWith(path_, kApiPrefix) &&
+               !origin_.options().git_project_root.empty()) {
+      DrainBody([self] { self->RunApi(); });
     } else {
       DrainBody([self] { self->RespondSimple(404, "text/plain", "no route"); });
     }
@@ -583,6 +776,32 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     RespondSimple(
         200, "application/json",
         echo.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
+
+  // /api/v3/...: the SCM-like API; on a thread of its own when it runs git,
+  // the answer coming back on the strand.
+  void RunApi() {
+    std::string method(parser_->get().method_string());
+    if (!ApiNeedsGit(path_)) {
+      RespondApi(ScmApi(origin_.options().git_project_root, method, path_));
+      return;
+    }
+    origin_.RunOnThread([self = this->shared_from_this(),
+                         method = std::move(method), path = path_]() mutable {
+      ApiAnswer answer =
+          ScmApi(self->origin_.options().git_project_root, method, path);
+      auto executor = self->stream_.get_executor();
+      net::post(executor,
+                [self = std::move(self), answer = std::move(answer)]() mutable {
+                  self->RespondApi(std::move(answer));
+                });
+    });
+  }
+
+  void RespondApi(const ApiAnswer& answer) {
+    RespondSimple(answer.status, "application/json; charset=utf-8",
+                  answer.body.dump(-1, ' ', false,
+                                   nlohmann::json::error_handler_t::replace));
   }
 
   // /git/<path>: `git http-backend` on a thread of its own, as a CGI with

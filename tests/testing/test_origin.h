@@ -33,6 +33,23 @@
 //                          The request body is read whole, then fed to the
 //                          CGI's stdin while its stdout is read; the answer
 //                          has a Content-Length. One thread per request.
+//   GET /api/v3/repos/<owner>/<repo>
+//                          with git_project_root set: a small GitHub-like
+//                          API over the bare repository
+//                          <root>/<owner>/<repo>.git: 200 JSON
+//                          {"full_name","name","default_branch","private"}
+//                          (the branch from its HEAD file; private true).
+//   GET /api/v3/repos/<owner>/<repo>/contents/<path>
+//                          the file <path> at HEAD: 200 JSON {"type":"file",
+//                          "name","path","sha" (the blob's),"size",
+//                          "encoding":"base64","content"}, read with `git
+//                          cat-file --batch` on a thread of its own.
+//                          Under /api/v3/: 404 {"message":"Not Found"} for
+//                          anything else (no such repository or file, a
+//                          directory, another method); 400 {"message":"Bad
+//                          Request"} for a "." or ".." segment (also
+//                          percent-encoded), a control character or a
+//                          backslash.
 //
 // Every route reads the whole request body first except /echo-body. HEAD
 // requests get the head only; "Expect: 100-continue" gets "100 Continue".
@@ -51,6 +68,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace broker::testing {
 
@@ -108,6 +126,21 @@ class TestOrigin {
   explicit TestOrigin(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// What RunProcess() saw: the exit code (128 + signal when killed) and
+// everything the program wrote to stdout.
+struct ProcessResult {
+  int exit_code = 0;
+  std::string out;
+};
+
+// Runs `argv` (argv[0] looked up on PATH) with exactly `env` ("NAME=value"
+// entries), writes `input` to its stdin, collects its stdout and waits for
+// it; stderr is inherited. Blocking. Used for git by the origin, and by
+// tests to make repositories.
+[[nodiscard]] absl::StatusOr<ProcessResult> RunProcess(
+    const std::vector<std::string>& argv, std::vector<std::string> env,
+    std::string input = "");
 
 // The deterministic pseudo-random bytes [offset, offset + n) of /bytes.
 std::string TestPattern(std::uint64_t offset, std::size_t n);
