@@ -9,7 +9,8 @@ root=$(pwd)
 jobs=${JOBS:-$(nproc)}
 fuzz_seconds=${FUZZ_SECONDS:-30}
 
-step() { printf '\n==> %s\n' "$*"; }
+start=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - start))" "$*"; }
 
 step "Installing packages"
 scripts/setup.sh
@@ -24,6 +25,9 @@ step "Building with g++ -Werror (build/gcc)"
 cmake -S . -B build/gcc -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DBROKER_WERROR=ON -DCMAKE_CXX_COMPILER=g++ >/dev/null
 cmake --build build/gcc -j "$jobs"
+
+step "Checking the Dockerfile against the binaries"
+scripts/check_dockerfile.sh build/gcc
 
 step "Building with clang + AddressSanitizer + UBSan (build/asan)"
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
@@ -47,3 +51,4 @@ step "Running the tests under AddressSanitizer + UBSan"
 
 step "Running the tests (g++ build)"
 (cd build/gcc && ctest --output-on-failure --timeout 300 -j "$jobs")
+step "All checks passed"
