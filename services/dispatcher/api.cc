@@ -241,7 +241,38 @@ Api::Api(Store& store, ApiOptions options, common::Clock& clock)
           "Servers' client events (leases kept or freed), by type.", {"type"})),
       server_events_(metrics_.AddCounter(
           "broker_dispatcher_server_events_total",
-          "Broker server registrations and deregistrations.", {"type"})) {}
+          "Broker server registrations and deregistrations.", {"type"})),
+      live_servers_(
+          metrics_
+              .AddGauge("broker_dispatcher_live_servers",
+                        "Broker servers registered and live (seen within "
+                        "the server TTL).")
+              .With({})),
+      live_leases_(metrics_
+                       .AddGauge("broker_dispatcher_leases",
+                                 "Live client leases (one per connected "
+                                 "broker client) on live servers.")
+                       .With({})),
+      store_up_(metrics_
+                    .AddGauge("broker_dispatcher_store_up",
+                              "1 when the store (memory or Redis) answered "
+                              "this scrape, else 0.")
+                    .With({})) {}
+
+ApiResponse Api::Metrics() {
+  if (absl::StatusOr<StoreCounts> counts = store_.Counts(); counts.ok()) {
+    live_servers_.Set(counts->live_servers);
+    live_leases_.Set(counts->live_leases);
+    store_up_.Set(1);
+  } else {
+    store_up_.Set(0);
+  }
+  ApiResponse response;
+  response.headers.push_back(
+      {"content-type", common::metrics::Registry::kContentType});
+  response.body = metrics_.Render();
+  return response;
+}
 
 ApiResponse Api::Handle(const ApiRequest& request) {
   ApiResponse response = Route(request);
@@ -270,11 +301,7 @@ ApiResponse Api::Route(const ApiRequest& request) {
   }
   if (n == 1 && segments[0] == "metrics") {
     if (method != "GET") return MethodNotAllowed("GET");
-    ApiResponse response;
-    response.headers.push_back(
-        {"content-type", common::metrics::Registry::kContentType});
-    response.body = metrics_.Render();
-    return response;
+    return Metrics();
   }
   if (n == 5 && segments[0] == "hidden" &&
       (segments[1] == "broker" || segments[1] == "brokers") &&

@@ -114,6 +114,7 @@ class Api {
                           const std::map<std::string, std::string>& query,
                           const ApiRequest& request);
   ApiResponse Lookup(absl::string_view hash);
+  ApiResponse Metrics();
 
   // The answer for a store error, with the rate-limited log of outages.
   ApiResponse StoreError(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
@@ -130,6 +131,11 @@ class Api {
   common::metrics::Family<common::metrics::Counter>& allocations_;
   common::metrics::Family<common::metrics::Counter>& client_events_;
   common::metrics::Family<common::metrics::Counter>& server_events_;
+  // Read from the store at each scrape; the last known values stay while
+  // the store is down (store_up 0).
+  common::metrics::Gauge& live_servers_;
+  common::metrics::Gauge& live_leases_;
+  common::metrics::Gauge& store_up_;
 
   absl::Mutex mu_;
   bool store_down_ ABSL_GUARDED_BY(mu_) = false;

@@ -207,4 +207,17 @@ absl::StatusOr<std::vector<TokenServer>> InMemoryStore::ServersForToken(
   return out;
 }
 
+absl::StatusOr<StoreCounts> InMemoryStore::Counts() {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_.Now();
+  PurgeExpired(now);
+  StoreCounts counts;
+  for (const auto& [id, server] : servers_) {
+    if (server.live_until <= now) continue;
+    ++counts.live_servers;
+    counts.live_leases += server.load;
+  }
+  return counts;
+}
+
 }  // namespace broker::dispatcher

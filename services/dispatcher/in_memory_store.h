@@ -48,6 +48,7 @@ class InMemoryStore final : public Store {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<TokenServer>> ServersForToken(
       const std::string& token_hash) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<StoreCounts> Counts() override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Ping() override { return absl::OkStatus(); }
 
  private:

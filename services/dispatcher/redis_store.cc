@@ -225,6 +225,17 @@ end
 return out
 )lua";
 
+// ARGV: prefix. {live servers, live leases on them}.
+constexpr absl::string_view kCounts = R"lua(
+local now = now_ms()
+local servers = redis.call('ZRANGEBYSCORE', P .. 'servers', '(' .. now, '+inf')
+local leases = 0
+for _, s in ipairs(servers) do
+  leases = leases + redis.call('ZCOUNT', P .. 'load:' .. s, '(' .. now, '+inf')
+end
+return {#servers, leases}
+)lua";
+
 // How long calls fail at once after a failed connect.
 constexpr absl::Duration kConnectBackoff = absl::Milliseconds(200);
 // Idle connections kept for reuse.
@@ -299,7 +310,8 @@ class DefaultRedisStore final : public RedisStore {
         remove_(kRemove),
         refresh_(kRefresh),
         release_(kRelease),
-        lookup_(kLookup) {}
+        lookup_(kLookup),
+        counts_(kCounts) {}
 
   absl::StatusOr<AllocationResult> Allocate(
       const std::string& token_hash, const std::string& client_id) override {
@@ -421,6 +433,17 @@ class DefaultRedisStore final : public RedisStore {
         out.begin(), out.end(),
         [](const TokenServer& a, const TokenServer& b) { return a.id < b.id; });
     return out;
+  }
+
+  absl::StatusOr<StoreCounts> Counts() override {
+    BROKER_ASSIGN_OR_RETURN(ReplyPtr reply, Run(counts_, {}));
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_INTEGER) {
+      return ReplyShapeError("counts", *reply);
+    }
+    return StoreCounts{static_cast<std::int64_t>(reply->element[0]->integer),
+                       static_cast<std::int64_t>(reply->element[1]->integer)};
   }
 
   absl::Status Ping() override {
@@ -603,6 +626,7 @@ class DefaultRedisStore final : public RedisStore {
   const Script refresh_;
   const Script release_;
   const Script lookup_;
+  const Script counts_;
 
   absl::Mutex mu_;
   std::vector<ContextPtr> idle_ ABSL_GUARDED_BY(mu_);

@@ -65,6 +65,12 @@ struct TokenServer {
   std::int64_t clients = 0;
 };
 
+// What the store holds now (GET /metrics).
+struct StoreCounts {
+  std::int64_t live_servers = 0;
+  std::int64_t live_leases = 0;  // on live servers
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -103,6 +109,10 @@ class Store {
   // Live servers with live leases of the token, by server id.
   [[nodiscard]] virtual absl::StatusOr<std::vector<TokenServer>>
   ServersForToken(const std::string& token_hash) = 0;
+
+  // The live servers and the live leases on them. Costs O(servers) (and
+  // one round trip for Redis), not O(tokens).
+  [[nodiscard]] virtual absl::StatusOr<StoreCounts> Counts() = 0;
 
   // OK when the backing store answers (health checks).
   [[nodiscard]] virtual absl::Status Ping() = 0;

@@ -231,6 +231,9 @@ TEST_F(ApiTest, MetricsCountAllocationsByResult) {
           "broker_dispatcher_server_events_total{type=\"registered\"} 1\n"));
   EXPECT_THAT(metrics.body,
               HasSubstr("broker_dispatcher_requests_total{code=\"409\"} 1\n"));
+  EXPECT_THAT(metrics.body, HasSubstr("\nbroker_dispatcher_live_servers 1\n"));
+  EXPECT_THAT(metrics.body, HasSubstr("\nbroker_dispatcher_leases 4\n"));
+  EXPECT_THAT(metrics.body, HasSubstr("\nbroker_dispatcher_store_up 1\n"));
 }
 
 TEST_F(ApiTest, BadInputIs400WithACode) {
@@ -381,6 +384,7 @@ class DownStore final : public Store {
       const std::string&) override {
     return Down();
   }
+  absl::StatusOr<StoreCounts> Counts() override { return Down(); }
   absl::Status Ping() override { return Down(); }
 
   bool down = true;
@@ -424,6 +428,10 @@ TEST(ApiStoreDownTest, UnreachableStoreIs503AndLoggedOncePerOutage) {
   EXPECT_EQ(api.Handle({"GET", "/healthcheck", ""}).status, 200);
   EXPECT_EQ(count("reachable again"), 1);
   EXPECT_THAT(logs.Lines(), Contains(HasSubstr("redis 127.0.0.1:1: refused")));
+  store.down = true;
+  ApiResponse metrics = api.Handle({"GET", "/metrics", ""});
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_THAT(metrics.body, HasSubstr("\nbroker_dispatcher_store_up 0\n"));
 }
 
 }  // namespace

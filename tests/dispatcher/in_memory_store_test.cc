@@ -159,6 +159,30 @@ TEST_F(InMemoryStoreTest, RemovingAServerFreesItsLeases) {
   EXPECT_THAT(store_.RemoveServer("unknown"), IsOkAndHolds(0));
 }
 
+TEST_F(InMemoryStoreTest, CountsAreLiveServersAndTheirLiveLeases) {
+  auto counts = [&] {
+    absl::StatusOr<StoreCounts> c = store_.Counts();
+    EXPECT_THAT(c, IsOk());
+    return c.ok() ? std::make_pair(c->live_servers, c->live_leases)
+                  : std::make_pair(std::int64_t{-1}, std::int64_t{-1});
+  };
+  EXPECT_EQ(counts(), std::make_pair(std::int64_t{0}, std::int64_t{0}));
+  Register("0");
+  Register("1");
+  AllocateOk(kHash, "c1");
+  AllocateOk(kHash, "c2");
+  AllocateOk(kOtherHash, "x");
+  AllocateOk(kHash, "c1");  // the same lease again
+  EXPECT_EQ(counts(), std::make_pair(std::int64_t{2}, std::int64_t{3}));
+  ASSERT_THAT(store_.ReleaseClient(store_.Allocate(kHash, "c2")->server_id,
+                                   kHash, "c2"),
+              IsOkAndHolds(true));
+  EXPECT_EQ(counts(), std::make_pair(std::int64_t{2}, std::int64_t{2}));
+  // Past the server TTL, neither the servers nor their leases count.
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(counts(), std::make_pair(std::int64_t{0}, std::int64_t{0}));
+}
+
 TEST_F(InMemoryStoreTest, DeadServersGetNoClientsAndLeaveLookups) {
   Register("0");
   AllocateOk(kHash, "c1");

@@ -8,6 +8,7 @@
 #include "common/clock.h"
 #include "common/token.h"
 #include "services/dispatcher/in_memory_store.h"
+#include "tests/dispatcher/is_ok_and_holds.h"
 #include "tests/dispatcher/redis_server.h"
 #include "tests/testing/status_matchers.h"
 
@@ -28,6 +29,7 @@ namespace broker::dispatcher {
 namespace {
 
 using ::broker::testing::IsOk;
+using ::broker::testing::IsOkAndHolds;
 using ::broker::testing::RedisServer;
 using ::broker::testing::StatusIs;
 using ::testing::HasSubstr;
@@ -87,6 +89,12 @@ std::string Describe(const absl::StatusOr<std::vector<TokenServer>>& result) {
   return out;
 }
 
+std::string Describe(const absl::StatusOr<StoreCounts>& result) {
+  if (!result.ok()) return absl::StatusCodeToString(result.status().code());
+  return absl::StrCat(result->live_servers, " servers, ", result->live_leases,
+                      " leases");
+}
+
 template <typename T>
 std::string Describe(const absl::StatusOr<T>& result) {
   if (!result.ok()) return absl::StatusCodeToString(result.status().code());
@@ -144,8 +152,15 @@ TEST_F(RedisStoreTest, GivesTheSameAnswersAsTheInMemoryStore) {
       b = Describe(memory.RemoveServer(server));
     }
     ASSERT_EQ(a, b) << "step " << step << " op " << op;
+    if (step % 10 == 0) {
+      ASSERT_EQ(Describe(redis->Counts()), Describe(memory.Counts()))
+          << "step " << step;
+    }
   }
   EXPECT_GT(allocations, 500);
+  EXPECT_THAT(memory.Counts(),
+              IsOkAndHolds(::testing::Field(&StoreCounts::live_leases,
+                                            ::testing::Gt(0))));
 }
 
 TEST_F(RedisStoreTest, CapAndIdempotency) {
