@@ -2,24 +2,22 @@
 // two broker-servers registered with it, one broker-ha-agent and two
 // broker-tunnel workers that take their server from the agent. Checks the
 // documented log lines, that each server relays through the worker placed
-// on it, and that a server's SIGTERM moves its worker to the other server
-// while GETs keep succeeding.
+// on it, that a server's SIGTERM moves its worker to the other server while
+// GETs keep succeeding, and that the dispatcher's death costs no GET.
 
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
+#include "tests/integration/steady_load.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
-#include <atomic>
 #include <csignal>
 #include <map>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace broker::testing {
@@ -196,51 +194,20 @@ TEST_F(HaMeshTest, LogsTheDocumentedLinesAndServesThroughBothServers) {
 }
 
 TEST_F(HaMeshTest, ServerSigtermMovesItsWorkerAndNoGetFails) {
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0};
-  std::atomic<int> failed{0};
-  absl::Mutex mu;
-  std::string first_failure;
-  std::vector<std::thread> load;
-  load.reserve(4);
-  for (int t = 0; t < 4; ++t) {
-    load.emplace_back([&] {
-      Fetcher fetcher;
-      while (!stop.load()) {
-        auto r = fetcher.Fetch("GET", BrokerUrl(1, "/bytes/512"));
-        if (r.ok() && r->status == 200) {
-          ok.fetch_add(1);
-          continue;
-        }
-        failed.fetch_add(1);
-        absl::MutexLock lock(&mu);
-        if (first_failure.empty()) {
-          first_failure = r.ok() ? absl::StrCat(r->status, " ", r->body)
-                                 : r.status().ToString();
-        }
-      }
-    });
-  }
+  SteadyLoad load({BrokerUrl(1, "/bytes/512")}, 4);
   // Each wait is bounded: a broken mesh fails the test, never hangs it.
-  const absl::Time give_up = absl::Now() + kWait;
-  while (ok.load() < 50 && absl::Now() < give_up) std::this_thread::yield();
+  EXPECT_TRUE(load.WaitForMore(50, kWait)) << "the load never started";
   servers_[0].process->Signal(SIGTERM);
   // Server 1 admits the moved worker: its second client.
   auto moved =
       servers_[1].process->WaitForLine("broker client connected", kWait);
   auto exited = servers_[0].process->Wait(kWait);
-  const int ok_after_move = ok.load();
-  while (ok.load() < ok_after_move + 100 && absl::Now() < give_up) {
-    std::this_thread::yield();
-  }
-  stop.store(true);
-  for (std::thread& t : load) t.join();
-  EXPECT_GE(ok.load(), ok_after_move + 100) << "the load stalled";
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load stalled";
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
   ASSERT_TRUE(moved.ok()) << moved.status();
   ASSERT_TRUE(exited.ok()) << exited.status();
   EXPECT_EQ(*exited, 0);
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(failed.load(), 0) << first_failure;
   EXPECT_THAT(servers_[0].process->Output(),
               HasSubstr("draining: asked the workers to move"));
   std::string workers_output;
@@ -254,6 +221,25 @@ TEST_F(HaMeshTest, ServerSigtermMovesItsWorkerAndNoGetFails) {
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 2U)
       << status->body;
+}
+
+// The dispatcher is on the control path only: its death (kill -9) costs no
+// GET through either server, and the servers stay healthy without it.
+TEST_F(HaMeshTest, DispatcherKilledUnderLoadCostsNoGet) {
+  SteadyLoad load({BrokerUrl(0, "/bytes/512"), BrokerUrl(1, "/bytes/512")}, 4);
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+  dispatcher_->Signal(SIGKILL);
+  ASSERT_TRUE(dispatcher_->Wait(kWait).ok());
+  EXPECT_TRUE(load.WaitForMore(600, kWait)) << "the load stalled";
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  for (auto& server : servers_) {
+    auto health = fetcher_.Fetch(
+        "GET",
+        absl::StrCat("http://127.0.0.1:", server.http_port, "/healthcheck"));
+    ASSERT_TRUE(health.ok()) << health.status();
+    EXPECT_EQ(health->status, 200) << health->body;
+  }
 }
 
 TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {

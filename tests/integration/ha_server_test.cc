@@ -4,6 +4,7 @@
 
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
+#include "tests/integration/steady_load.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -130,42 +131,6 @@ class HaServerTest : public ::testing::Test {
     return -1;
   }
 
-  // Runs GETs from `threads` threads until `stop`; counts non-200 answers.
-  struct Load {
-    std::atomic<bool> stop{false};
-    std::atomic<int> ok{0};
-    std::atomic<int> failed{0};
-    absl::Mutex mu;
-    std::string first_failure ABSL_GUARDED_BY(mu);
-    std::vector<std::thread> threads;
-  };
-  void StartLoad(Load& load, int threads, const std::string& path) {
-    for (int t = 0; t < threads; ++t) {
-      load.threads.emplace_back([this, &load, path] {
-        Fetcher fetcher;
-        while (!load.stop.load()) {
-          auto r = fetcher.Fetch("GET", BrokerUrl(path));
-          if (r.ok() && r->status == 200 && r->body_status.ok()) {
-            load.ok.fetch_add(1);
-            continue;
-          }
-          load.failed.fetch_add(1);
-          absl::MutexLock lock(&load.mu);
-          if (load.first_failure.empty()) {
-            load.first_failure =
-                r.ok() ? absl::StrCat(r->status, " ", r->body,
-                                      r->Header("x-broker-failure"))
-                       : r.status().ToString();
-          }
-        }
-      });
-    }
-  }
-  static void StopLoad(Load& load) {
-    load.stop.store(true);
-    for (std::thread& t : load.threads) t.join();
-  }
-
   TempDir dir_;
   Fetcher fetcher_;
   int origin_port_ = 0;
@@ -254,51 +219,33 @@ TEST_F(HaServerTest, KilledWorkerCostsNoGet) {
   AddWorker();
   AddWorker();
   ASSERT_FALSE(HasFatalFailure());
-  Load fast;
-  Load slow;  // in flight on both workers when one dies
-  StartLoad(fast, 4, "/bytes/1024");
-  StartLoad(slow, 4, "/slow/300");
-  const absl::Time start = absl::Now();
-  while (fast.ok.load() < 200 && absl::Now() - start < kWait) {
-    std::this_thread::yield();
-  }
+  SteadyLoad fast({BrokerUrl("/bytes/1024")}, 4);
+  SteadyLoad slow({BrokerUrl("/slow/300")}, 4);  // in flight when one dies
+  EXPECT_TRUE(fast.WaitForMore(200, kWait)) << "the load never started";
   workers_[1].process->Signal(SIGKILL);
-  const int ok_at_kill = fast.ok.load();
   // Keep the load on until the survivor has served plenty more.
-  while (fast.ok.load() < ok_at_kill + 500 && absl::Now() - start < kWait) {
-    std::this_thread::yield();
-  }
-  StopLoad(fast);
-  StopLoad(slow);
-  absl::MutexLock lock(&fast.mu);
-  absl::MutexLock slow_lock(&slow.mu);
-  EXPECT_EQ(fast.failed.load(), 0) << fast.first_failure;
-  EXPECT_EQ(slow.failed.load(), 0) << slow.first_failure;
-  EXPECT_GT(slow.ok.load(), 0);
+  EXPECT_TRUE(fast.WaitForMore(500, kWait)) << "the load stalled";
+  fast.Stop();
+  slow.Stop();
+  EXPECT_EQ(fast.failed(), 0) << fast.first_failure();
+  EXPECT_EQ(slow.failed(), 0) << slow.first_failure();
+  EXPECT_GT(slow.ok(), 0);
 }
 
 TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {
   AddWorker();
   AddWorker();
   ASSERT_FALSE(HasFatalFailure());
-  Load load;
-  StartLoad(load, 4, "/slow/100");
-  const absl::Time start = absl::Now();
-  while (load.ok.load() < 40 && absl::Now() - start < kWait) {
-    std::this_thread::yield();
-  }
+  SteadyLoad load({BrokerUrl("/slow/100")}, 4);
+  EXPECT_TRUE(load.WaitForMore(40, kWait)) << "the load never started";
   const absl::Time frozen = absl::Now();
   workers_[1].process->Signal(SIGSTOP);
   ASSERT_TRUE(
       server_.process->WaitForLine("broker client disconnected", kWait).ok());
   const absl::Duration detected = absl::Now() - frozen;
-  const int ok_at_drop = load.ok.load();
-  while (load.ok.load() < ok_at_drop + 40 && absl::Now() - start < kWait) {
-    std::this_thread::yield();
-  }
-  StopLoad(load);
-  absl::MutexLock lock(&load.mu);
-  EXPECT_EQ(load.failed.load(), 0) << load.first_failure;
+  EXPECT_TRUE(load.WaitForMore(40, kWait)) << "the load stalled";
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
   // The keepalive is 500 ms + 1 s; allow the loaded machine a margin.
   EXPECT_LT(detected, absl::Milliseconds(2500)) << detected;
   std::cout << "frozen worker dropped after " << detected << "\n";

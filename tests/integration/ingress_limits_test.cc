@@ -213,6 +213,22 @@ TEST_F(IngressLimitsTest, OversizedHeadsAre431) {
   EXPECT_THAT(OriginAOutputAfterSentinel(), Not(HasSubstr("oversized")));
 }
 
+// A head of 1 MiB (one header) is refused after the first 16 KiB: the
+// server never buffers it, answers 431, and keeps serving.
+TEST_F(IngressLimitsTest, AOneMebibyteHeaderIs431AndServingGoesOn) {
+  auto answer =
+      RawExchange(server_.http_port,
+                  absl::StrCat("GET /broker/", kTokenA,
+                               "/echo?huge=1 HTTP/1.1\r\nHost: a\r\nX-Huge: ",
+                               std::string(size_t{1} << 20, 'h'), "\r\n\r\n"));
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_THAT(*answer, StartsWith("HTTP/1.1 431 "));
+  auto after = fetcher_.Fetch("GET", BrokerUrl(kTokenA, "/echo?after=1"));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->status, 200);
+  EXPECT_THAT(OriginAOutputAfterSentinel(), Not(HasSubstr("huge")));
+}
+
 TEST_F(IngressLimitsTest, BodiesOverTheConfiguredLimitAre413) {
   // A declared length over the limit is refused from the head alone.
   auto declared = RawExchange(
