@@ -63,6 +63,10 @@ int main(int argc, char** argv) {
            "http[s]://HOSTNAME:<tunnel port>)\n"
            "  BROKER_SERVER_INTERNAL_URL   HTTP URL other servers forward "
            "to (default http[s]://HOSTNAME:<port>)\n"
+           "  BROKER_DISPATCHER_REFRESH_MS  re-registration and client "
+           "pings; keep it well under\n"
+           "                        the dispatcher's "
+           "BROKER_DISPATCHER_SERVER_TTL_MS (default 10000)\n"
            "  BROKER_DRAIN_WAIT_MS  on SIGTERM, how long workers get to move "
            "(default 10000)\n"
            "  CA_CERT               extra trust toward the platform "
@@ -132,6 +136,14 @@ int main(int argc, char** argv) {
   config.ca_file = env.Optional("CA_CERT", "");
   config.dispatcher.ca_file = config.ca_file;
   config.variables = broker::filters::Variables::FromEnviron(environ);
+  auto refresh =
+      env.DurationMs("BROKER_DISPATCHER_REFRESH_MS", config.dispatcher.refresh);
+  if (!refresh.ok()) return fail(refresh.status());
+  if (*refresh < absl::Milliseconds(100)) {
+    return fail(absl::InvalidArgumentError(
+        "BROKER_DISPATCHER_REFRESH_MS: must be at least 100"));
+  }
+  config.dispatcher.refresh = *refresh;
   auto drain_wait = env.DurationMs("BROKER_DRAIN_WAIT_MS", absl::Seconds(10));
   if (!drain_wait.ok()) return fail(drain_wait.status());
   config.drain_wait = *drain_wait;

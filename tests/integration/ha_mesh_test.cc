@@ -3,7 +3,8 @@
 // broker-tunnel workers that take their server from the agent. Checks the
 // documented log lines, that each server relays through the worker placed
 // on it, that a server's SIGTERM moves its worker to the other server while
-// GETs keep succeeding, and that the dispatcher's death costs no GET.
+// GETs keep succeeding, and that the death (kill -9) of the dispatcher or
+// of a server costs no GET through what is left.
 
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
@@ -16,6 +17,7 @@
 #include "nlohmann/json.hpp"
 
 #include <csignal>
+#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
@@ -42,8 +44,16 @@ class HaMeshTest : public ::testing::Test {
             R"json({"private": [{"method": "GET", "path": "/bytes/:n", "origin": "http://127.0.0.1:)json",
             origin_port_, R"json("}]})json"));
 
+    // Detection of a dead server, tightened from the defaults (refresh
+    // 10 s, TTL 30 s, unreachable after 30 s) so the kill -9 test recovers
+    // in seconds: the servers refresh every 300 ms, the dispatcher calls a
+    // server dead 2 s after its last refresh, and the agent moves a worker
+    // whose tunnel has been down for 1 s.
     auto dispatcher = ChildProcess::Start(
-        BROKER_DISPATCHER_BIN, {}, {{"PORT", "0"}, {"LOG_LEVEL", "info"}});
+        BROKER_DISPATCHER_BIN, {},
+        {{"PORT", "0"},
+         {"BROKER_DISPATCHER_SERVER_TTL_MS", "2000"},
+         {"LOG_LEVEL", "info"}});
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
     dispatcher_ = *std::move(dispatcher);
     auto line = dispatcher_->WaitForLine("broker-dispatcher listening", kWait);
@@ -57,6 +67,7 @@ class HaMeshTest : public ::testing::Test {
           server_accept_, {{"DISPATCHER_URL", dispatcher_url_},
                            {"HOSTNAME", absl::StrCat("broker-server-", id)},
                            {"BROKER_SERVER_ADVERTISE_HOST", "127.0.0.1"},
+                           {"BROKER_DISPATCHER_REFRESH_MS", "300"},
                            {"BROKER_DRAIN_WAIT_MS", "10000"}});
       ASSERT_TRUE(server.ok()) << server.status();
       servers_.push_back(*std::move(server));
@@ -83,6 +94,7 @@ class HaMeshTest : public ::testing::Test {
                              {"BROKER_HA_MODE_ENABLED", "true"},
                              {"BROKER_DISPATCHER_BASE_URL", dispatcher_url_},
                              {"BROKER_HA_AGENT_PORT", "0"},
+                             {"BROKER_HA_AGENT_UNREACHABLE_AFTER_MS", "1000"},
                              {"ACCEPT", client_accept_},
                              {"BROKER_CLIENT_URL", "http://worker:8000"},
                              {"LOG_LEVEL", "info"}});
@@ -240,6 +252,33 @@ TEST_F(HaMeshTest, DispatcherKilledUnderLoadCostsNoGet) {
     ASSERT_TRUE(health.ok()) << health.status();
     EXPECT_EQ(health->status, 200) << health->body;
   }
+}
+
+// kill -9 of a server (no drain, no goodbye): GETs through the other server
+// never fail, and the dead server's worker serves through the survivor once
+// the dispatcher stops calling the dead one live and the agent moves it
+// (SetUp's timings: about 2-3 s; with the defaults, 30-60 s).
+TEST_F(HaMeshTest, ServerKilledUnderLoadCostsNoGetOnTheOther) {
+  SteadyLoad load({BrokerUrl(1, "/bytes/512")}, 4);
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+  const absl::Time killed = absl::Now();
+  servers_[0].process->Signal(SIGKILL);
+  auto moved =
+      servers_[1].process->WaitForLine("broker client connected", kWait);
+  const absl::Duration recovered = absl::Now() - killed;
+  EXPECT_TRUE(load.WaitForMore(300, kWait)) << "the load stalled";
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  std::cout << "the killed server's worker reconnected to the other after "
+            << recovered << "\n";
+  EXPECT_LT(recovered, absl::Seconds(10));
+  auto status = fetcher_.Fetch(
+      "GET", absl::StrCat("http://127.0.0.1:", servers_[1].http_port,
+                          "/connection-status/", kToken));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(nlohmann::json::parse(status->body)["clients"].size(), 2U)
+      << status->body;
 }
 
 TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {
