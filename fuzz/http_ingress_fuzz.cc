@@ -149,7 +149,8 @@ std::string SendAndRead(int port, absl::string_view bytes) {
 // status the server documents. Answers are found by their status lines
 // (bodies here are short and never contain one).
 void CheckAnswers(absl::string_view received) {
-  static const std::set<int> kStatuses = {100, 200, 400, 408, 413, 431, 500, 505};
+  static const std::set<int> kStatuses = {100, 200, 400, 408,
+                                          413, 431, 500, 505};
   if (received.empty()) return;  // closed without an answer (nothing read)
   size_t at = 0;
   while ((at = received.find("HTTP/1.1 ", at)) != absl::string_view::npos) {

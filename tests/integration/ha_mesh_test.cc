@@ -49,11 +49,11 @@ class HaMeshTest : public ::testing::Test {
     // in seconds: the servers refresh every 300 ms, the dispatcher calls a
     // server dead 2 s after its last refresh, and the agent moves a worker
     // whose tunnel has been down for 1 s.
-    auto dispatcher = ChildProcess::Start(
-        BROKER_DISPATCHER_BIN, {},
-        {{"PORT", "0"},
-         {"BROKER_DISPATCHER_SERVER_TTL_MS", "2000"},
-         {"LOG_LEVEL", "info"}});
+    auto dispatcher =
+        ChildProcess::Start(BROKER_DISPATCHER_BIN, {},
+                            {{"PORT", "0"},
+                             {"BROKER_DISPATCHER_SERVER_TTL_MS", "2000"},
+                             {"LOG_LEVEL", "info"}});
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
     dispatcher_ = *std::move(dispatcher);
     auto line = dispatcher_->WaitForLine("broker-dispatcher listening", kWait);
