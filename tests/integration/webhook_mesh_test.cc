@@ -15,6 +15,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -143,6 +145,20 @@ class WebhookMeshTest : public ::testing::Test {
     return seen;
   }
 
+  // PlatformSaw() once it counts at least `lines` lines in all (or at the
+  // deadline): the platform prints each line before it answers, but its
+  // output reaches the test through a pipe, racing the answer.
+  std::map<std::string, int> PlatformSawAtLeast(int lines, bool whole = false) {
+    const absl::Time deadline = absl::Now() + kWait;
+    while (true) {
+      std::map<std::string, int> seen = PlatformSaw(whole);
+      int total = 0;
+      for (const auto& [line, n] : seen) total += n;
+      if (total >= lines || absl::Now() >= deadline) return seen;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+
   // Waits until the webhook's /healthcheck says `ok`.
   bool WaitHealthy() {
     const absl::Time deadline = absl::Now() + kWait;
@@ -190,7 +206,7 @@ TEST_F(WebhookMeshTest, ReachesThePlatformWithBodyAndHeadersIntact) {
   // As Snyk's server sends webhooks on: the masked token and the token.
   EXPECT_EQ(headers["x-snyk-broker"], common::MaskToken(kToken));
   EXPECT_EQ(headers["x-broker-token"], kToken);
-  EXPECT_EQ(PlatformSaw()["POST /webhook/github/42"], 1);
+  EXPECT_EQ(PlatformSawAtLeast(1)["POST /webhook/github/42"], 1);
 }
 
 TEST_F(WebhookMeshTest, TheScmsTraceReachesThePlatformOneSpanPerHop) {
@@ -329,7 +345,8 @@ TEST_F(WebhookMeshTest, KilledWorkerLosesAndDuplicatesNoWebhook) {
     EXPECT_TRUE(failures.empty())
         << failures.size() << " failed, first: " << failures.front();
   }
-  const std::map<std::string, int> seen = PlatformSaw(/*whole=*/true);
+  const std::map<std::string, int> seen =
+      PlatformSawAtLeast(kEvents, /*whole=*/true);
   std::vector<int> missing;
   std::vector<int> duplicated;
   for (int n = 0; n < kEvents; ++n) {
