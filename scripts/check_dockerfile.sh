@@ -27,15 +27,32 @@ stage_packages() {
     }' "${dockerfile}"
 }
 
-# The package owning a library path (usrmerge: /lib and /usr/lib are one).
+# A library's candidate paths (usrmerge: /lib and /usr/lib are one).
+candidates() { printf '%s\n' "$1" "${1#/usr}" "/usr$1" "$(readlink -f "$1")"; }
+
+# Every library any of the binaries loads, and one dpkg -S for all their
+# candidate paths (dpkg reads its whole file database per call).
+declare -A owner
+mapfile -t libraries < <(for service in server tunnel dispatcher ha-agent webhook; do
+  binary="${build}/services/${service}/broker-${service}"
+  [ -x "${binary}" ] && ldd "${binary}" | awk '/=>/ { print $3 }'
+done | sort -u)
+if [ ${#libraries[@]} -gt 0 ]; then
+  while IFS= read -r line; do
+    owner["${line#*: }"]="${line%%:*}"
+  done < <(for library in "${libraries[@]}"; do candidates "${library}"; done |
+    sort -u | xargs dpkg -S 2>/dev/null || true)
+fi
+
+# The package owning a library path.
 package_of() {
   local path
-  for path in "$1" "${1#/usr}" "/usr$1" "$(readlink -f "$1")"; do
-    if dpkg -S "${path}" >/dev/null 2>&1; then
-      dpkg -S "${path}" | head -n1 | cut -d: -f1
+  while IFS= read -r path; do
+    if [ -n "${owner[${path}]:-}" ]; then
+      echo "${owner[${path}]}"
       return
     fi
-  done
+  done < <(candidates "$1")
   echo "unpackaged:$1"
 }
 
