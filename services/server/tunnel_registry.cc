@@ -84,7 +84,7 @@ bool TunnelRegistry::Empty() const {
 }
 
 bool TunnelRegistry::Park(const std::string& token_hash,
-                          std::shared_ptr<Lane> lane) {
+                          std::shared_ptr<Lane> lane, bool* full) {
   std::optional<Waiter> waiter;
   std::optional<Taken> taken;
   {
@@ -97,6 +97,10 @@ bool TunnelRegistry::Park(const std::string& token_hash,
       if (worker.info.client_id == lane->client_id()) owner = &worker;
     }
     if (owner == nullptr) return false;
+    if (owner->idle.size() >= kMaxIdleLanesPerWorker) {
+      if (full != nullptr) *full = true;
+      return false;
+    }
     owner->idle.push_back(std::move(lane));
     owner->info.idle_lanes = owner->idle.size();
     // The first waiter this lane can serve (not one avoiding its worker).

@@ -39,6 +39,11 @@ namespace broker::server {
 // No callback is ever made while the lock is held.
 class TunnelRegistry {
  public:
+  // Idle lanes one worker may park (Welcome.max_lanes tells the worker):
+  // beyond it a worker, buggy or hostile, would hold server memory and
+  // streams for nothing.
+  static constexpr std::size_t kMaxIdleLanesPerWorker = 1024;
+
   // `max_clients_per_token`: distinct workers a token may connect (0: no
   // limit), the server's second line behind the dispatcher's cap.
   // `clock` times the probes of slow workers.
@@ -98,10 +103,11 @@ class TunnelRegistry {
   // Whether no token has a worker (a draining server waits for that).
   bool Empty() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // False when the worker is unknown (its Control call ended): the caller
-  // closes the lane.
-  bool Park(const std::string& token_hash, std::shared_ptr<Lane> lane)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // False when the worker is unknown (its Control call ended) or already
+  // parks kMaxIdleLanesPerWorker lanes (then *full, if given, is set): the
+  // caller closes the lane.
+  bool Park(const std::string& token_hash, std::shared_ptr<Lane> lane,
+            bool* full = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets a parked lane whose call ended while parked.
   void Unpark(const std::string& token_hash, const Lane* lane)
       ABSL_LOCKS_EXCLUDED(mu_);

@@ -176,7 +176,8 @@ class ControlReactor final
                "broker client connected");
     ServerControl welcome;
     welcome.mutable_welcome()->set_server_id(hello.server_id());
-    welcome.mutable_welcome()->set_max_lanes(kMaxLanes);
+    welcome.mutable_welcome()->set_max_lanes(
+        static_cast<uint32_t>(TunnelRegistry::kMaxIdleLanesPerWorker));
     Enqueue(std::move(welcome));
     return true;
   }
@@ -224,8 +225,6 @@ class ControlReactor final
     }
     Finish(status);
   }
-
-  static constexpr uint32_t kMaxLanes = 1024;
 
   TunnelService& service_;
   TunnelRegistry& registry_;
@@ -325,11 +324,15 @@ class ServeReactor final : public grpc::ServerBidiReactor<ServeUp, ServeDown>,
   void OnReadDone(bool ok) override {
     if (!parked_once_) {
       parked_once_ = true;
+      bool full = false;
       if (!ok || !in_.has_ready() ||
-          !registry_.Park(identity_.token_hash, shared_from_this())) {
-        FinishOnce(
-            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                         "a lane must start with LaneReady after Hello"));
+          !registry_.Park(identity_.token_hash, shared_from_this(), &full)) {
+        FinishOnce(full ? grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                       "this worker parks the most lanes a "
+                                       "worker may (Welcome.max_lanes)")
+                        : grpc::Status(
+                              grpc::StatusCode::FAILED_PRECONDITION,
+                              "a lane must start with LaneReady after Hello"));
         return;
       }
       StartRead(&in_);  // the answer's head, or a lane closed while parked

@@ -93,6 +93,34 @@ TEST(TunnelRegistryTest, AnOldRegistrationCannotRemoveItsReplacement) {
   EXPECT_FALSE(registry.HasWorkers(kToken));
 }
 
+// A worker that opens lane after lane (10,000, say) parks at most the cap;
+// the rest are refused as full, and a taken lane makes room again.
+TEST(TunnelRegistryTest, AWorkerParksAtMostTheCap) {
+  TunnelRegistry registry;
+  ASSERT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
+  int parked = 0;
+  int refused_full = 0;
+  for (int i = 0; i < 10000; ++i) {
+    bool full = false;
+    if (registry.Park(kToken, std::make_shared<FakeLane>("a"), &full)) {
+      ++parked;
+    } else if (full) {
+      ++refused_full;
+    }
+  }
+  EXPECT_EQ(parked, static_cast<int>(TunnelRegistry::kMaxIdleLanesPerWorker));
+  EXPECT_EQ(refused_full, 10000 - parked);
+  ASSERT_TRUE(registry.Take(kToken).has_value());
+  EXPECT_TRUE(registry.Park(kToken, std::make_shared<FakeLane>("a")));
+  bool full = false;
+  EXPECT_FALSE(registry.Park(kToken, std::make_shared<FakeLane>("a"), &full));
+  EXPECT_TRUE(full);
+  // An unknown worker is refused, not as full.
+  full = false;
+  EXPECT_FALSE(registry.Park(kToken, std::make_shared<FakeLane>("x"), &full));
+  EXPECT_FALSE(full);
+}
+
 TEST(TunnelRegistryTest, TakeAvoidsTheNamedWorker) {
   TunnelRegistry registry;
   ASSERT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
