@@ -281,6 +281,27 @@ TEST_F(HaMeshTest, ServerKilledUnderLoadCostsNoGetOnTheOther) {
       << status->body;
 }
 
+// SIGSTOP of a server (half-open: its sockets stay, nothing answers): GETs
+// through the other server never fail, and the frozen server's worker
+// notices (keepalive), is moved by the agent and serves through the other.
+TEST_F(HaMeshTest, ServerFrozenUnderLoadCostsNoGetOnTheOther) {
+  SteadyLoad load({BrokerUrl(1, "/bytes/512")}, 4);
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+  const absl::Time frozen = absl::Now();
+  servers_[0].process->Signal(SIGSTOP);
+  auto moved =
+      servers_[1].process->WaitForLine("broker client connected", kWait);
+  const absl::Duration recovered = absl::Now() - frozen;
+  EXPECT_TRUE(load.WaitForMore(300, kWait)) << "the load stalled";
+  load.Stop();
+  servers_[0].process->Signal(SIGCONT);
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  std::cout << "the frozen server's worker reconnected to the other after "
+            << recovered << "\n";
+  EXPECT_LT(recovered, absl::Seconds(10));
+}
+
 TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {
   const int on_zero = WorkerOn(0);
   ASSERT_GE(on_zero, 0);

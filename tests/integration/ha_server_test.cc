@@ -232,6 +232,30 @@ TEST_F(HaServerTest, KilledWorkerCostsNoGet) {
   EXPECT_GT(slow.ok(), 0);
 }
 
+// A rolling restart of every worker, one at a time (SIGTERM, wait for the
+// exit, start a new one, wait until it is connected), under steady GETs:
+// none fails, and each worker exits 0.
+TEST_F(HaServerTest, RollingRestartOfEveryWorkerCostsNoGet) {
+  for (int i = 0; i < 3; ++i) AddWorker();
+  ASSERT_FALSE(HasFatalFailure());
+  SteadyLoad load({BrokerUrl("/bytes/1024")}, 4);
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+  for (std::size_t i = 0; i < 3; ++i) {
+    workers_[i].process->Signal(SIGTERM);
+    auto exited = workers_[i].process->Wait(kWait);
+    ASSERT_TRUE(exited.ok()) << exited.status();
+    EXPECT_EQ(*exited, 0) << "worker " << i;
+    auto again =
+        StartTunnel(kToken, server_.tunnel_port, client_accept_,
+                    *server_.process, {{"BROKER_CLIENT_URL", "http://w:1"}});
+    ASSERT_TRUE(again.ok()) << again.status();
+    workers_[i] = *std::move(again);
+    EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load stalled";
+  }
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+}
+
 TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {
   AddWorker();
   AddWorker();
