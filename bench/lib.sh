@@ -4,13 +4,15 @@
 
 pids=()
 
-bench_cleanup() {
+# stop_processes PID...: SIGTERM to each (SIGCONT first, in case it was
+# stopped), then up to 5 s each to exit before SIGKILL.
+stop_processes() {
   local pid
-  for pid in "${pids[@]}"; do
+  for pid in "$@"; do
     kill -CONT "${pid}" 2>/dev/null || true
     kill -TERM "${pid}" 2>/dev/null || true
   done
-  for pid in "${pids[@]}"; do
+  for pid in "$@"; do
     for _ in $(seq 50); do
       kill -0 "${pid}" 2>/dev/null || break
       sleep 0.1
@@ -18,6 +20,10 @@ bench_cleanup() {
     kill -KILL "${pid}" 2>/dev/null || true
     wait "${pid}" 2>/dev/null || true
   done
+}
+
+bench_cleanup() {
+  stop_processes "${pids[@]}"
   if [ -n "${KEEP_LOGS:-}" ]; then
     echo "logs and results kept in ${work}"
   else

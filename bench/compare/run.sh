@@ -136,18 +136,9 @@ spawn() {
   system_names+=("${role}")
 }
 
-# stop_system: SIGTERM to every process of the system, then waits.
+# stop_system: stops every process of the system under test.
 stop_system() {
-  local pid
-  for pid in "${system_pids[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
-  for pid in "${system_pids[@]}"; do
-    for _ in $(seq 100); do
-      kill -0 "${pid}" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "${pid}" 2>/dev/null || true
-    wait "${pid}" 2>/dev/null || true
-  done
+  stop_processes "${system_pids[@]}"
   system_pids=()
   system_names=()
 }
