@@ -11,7 +11,7 @@ packages=(
   # libraries (Debian 12: gRPC 1.51, protobuf 3.21, Abseil 20220623, Boost 1.74)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libboost-dev libssl-dev libre2-dev libspdlog-dev libfmt-dev
-  nlohmann-json3-dev libyaml-cpp-dev libhiredis-dev
+  nlohmann-json3-dev libyaml-cpp-dev libhiredis-dev libjemalloc-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev redis-server
 )
