@@ -36,6 +36,9 @@ http::Headers ToHttpHeaders(
 }
 
 constexpr int kMaxResends = 2;
+// The most body bytes one Serve message carries when platform chunks join
+// while the stream is busy (under the tunnel's 1 MiB message limit).
+constexpr std::size_t kCoalescedBodyBytes = std::size_t{512} * 1024;
 // How long a re-sent request waits for another worker's lane.
 constexpr absl::Duration kResendLaneWait = absl::Seconds(2);
 
@@ -100,9 +103,9 @@ class RelayCall final : public LaneListener,
   }
 
   // Up: platform body -> worker. While one message is written to the
-  // tunnel, the next chunk is already read from the platform and held (at
-  // most a chunk and the end wait here), so the socket and the stream
-  // work at once.
+  // tunnel, the platform's next chunks are already read and held (at most
+  // kCoalescedBodyBytes and the end wait here), so the socket and the
+  // stream work at once.
   void OnSent(bool ok) override {
     if (!ok) {
       const absl::Status broken =
@@ -139,18 +142,42 @@ class RelayCall final : public LaneListener,
 
   // Sends `message` now, or holds it while another is in flight.
   // `read_next`: read the platform's next chunk once it is on its way.
+  // While a message waits behind the one in flight, the platform's next
+  // chunks join it (up to kCoalescedBodyBytes) and reading goes on: a
+  // fast platform behind a busy stream so sends a few large messages
+  // instead of many small ones, each a write and a thread hand-off.
   void SendUp(ServeDown message, bool is_end, bool read_next) {
+    bool send_now = false;
+    bool read_now = false;
     {
       absl::MutexLock lock(&mu_);
-      if (up_sending_) {
-        up_held_.push_back({std::move(message), is_end, read_next});
-        return;
+      if (!up_sending_) {
+        up_sending_ = true;
+        up_in_flight_is_end_ = is_end;
+        send_now = true;
+        read_now = read_next;
+      } else {
+        if (message.has_body() && !up_held_.empty() &&
+            up_held_.back().message.has_body() &&
+            up_held_.back().message.body().size() + message.body().size() <=
+                kCoalescedBodyBytes) {
+          up_held_.back().message.mutable_body()->append(message.body());
+        } else {
+          up_held_.push_back({std::move(message), is_end, false});
+        }
+        // The next read: now while the held message has room, else once
+        // it is on its way (OnSent).
+        UpMessage& held = up_held_.back();
+        if (read_next && held.message.has_body() &&
+            held.message.body().size() < kCoalescedBodyBytes) {
+          read_now = true;
+        } else {
+          held.read_next = read_next;
+        }
       }
-      up_sending_ = true;
-      up_in_flight_is_end_ = is_end;
     }
-    lane_->Send(std::move(message));
-    if (read_next) ReadUp();
+    if (send_now) lane_->Send(std::move(message));
+    if (read_now) ReadUp();
   }
 
   void ReadUp() {

@@ -52,6 +52,9 @@ constexpr int kMaxPeakLanes = 256;
 constexpr std::uint64_t kInlineBodyBytes = std::uint64_t{64} * 1024;
 // Origin body chunks read ahead of the tunnel's writes, per request.
 constexpr int kChunksAhead = 2;
+// The most body bytes one Serve message carries when chunks join while the
+// stream is busy (under the 1 MiB message limit of both ends).
+constexpr std::size_t kCoalescedBodyBytes = std::size_t{512} * 1024;
 
 // Headers Snyk's client removes before calling the origin
 // (reference section 2.7), plus hop-by-hop headers.
@@ -810,13 +813,32 @@ class ServeLane final
   }
 
   // A body chunk to the lane, reading the next one from the origin while
-  // it is written: at most kChunksAhead chunks wait for gRPC, so the origin
-  // socket and the tunnel stream work at once instead of taking turns,
-  // with memory still bounded per request.
+  // it is written, so that the origin socket and the tunnel stream work at
+  // once instead of taking turns. At most kChunksAhead messages wait for
+  // gRPC; while they wait, further chunks join the last one, up to
+  // kCoalescedBodyBytes. A fast origin behind a busy stream so sends a few
+  // large messages instead of many 64 KiB ones, each of which costs a write
+  // and a thread hand-off, and memory stays bounded per request.
   void WriteAheadThenPump(v1::ServeUp message) {
+    bool joined = false;
+    bool again = false;
     {
       absl::MutexLock lock(&mu_);
-      ++pump_writes_;
+      if (writing_ && !released_ && !queue_.empty() &&
+          queue_.back().first.has_body() &&
+          queue_.back().first.body().size() + message.body().size() <=
+              kCoalescedBodyBytes) {
+        queue_.back().first.mutable_body()->append(message.body());
+        joined = true;
+        again = queue_.back().first.body().size() < kCoalescedBodyBytes;
+        pump_paused_ = !again;
+      } else {
+        ++pump_writes_;
+      }
+    }
+    if (joined) {
+      if (again) PumpBody();
+      return;
     }
     auto self = shared_from_this();
     Write(std::move(message), [self](bool ok) {
@@ -833,10 +855,12 @@ class ServeLane final
       }
       if (resume) self->PumpBody();
     });
-    bool again = false;
     {
       absl::MutexLock lock(&mu_);
-      again = pump_writes_ < kChunksAhead;
+      // Room for another message, or for more bytes in the waiting one.
+      again = pump_writes_ < kChunksAhead ||
+              (!queue_.empty() && queue_.back().first.has_body() &&
+               queue_.back().first.body().size() < kCoalescedBodyBytes);
       pump_paused_ = !again;
     }
     if (again) PumpBody();
