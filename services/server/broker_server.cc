@@ -114,6 +114,9 @@ absl::StatusOr<grpc::SslServerCredentialsOptions> TunnelTlsOptions(
 
 // How long a request waits for a parked lane when all are busy.
 constexpr absl::Duration kLaneWait = absl::Seconds(2);
+// The receive window of each tunnel stream: 1 MiB keeps a 1 GB/s stream
+// moving at 1 ms of round trip, and bounds what one answer can park here.
+constexpr int kTunnelStreamWindowBytes = 1 << 20;
 
 class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
  public:
@@ -179,6 +182,14 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
     builder.SetMaxReceiveMessageSize(1 << 20);
     builder.SetMaxSendMessageSize(1 << 20);
+    // Each stream's receive window is fixed (kTunnelStreamWindowBytes):
+    // gRPC's bandwidth-delay probing would grow it to many MiB per stream
+    // on a fast loopback, and that much of an answer would then wait in
+    // this process whenever the platform reads slower than the worker
+    // sends.
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                               kTunnelStreamWindowBytes);
     // Liveness of each worker connection is the transport's keepalive: an
     // unanswered ping closes the connection, which ends its Control and
     // lanes at once (failover), whether the worker died, froze or lost

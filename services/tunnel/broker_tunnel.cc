@@ -975,6 +975,10 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10000);
   args.SetMaxReceiveMessageSize(1 << 20);
   args.SetMaxSendMessageSize(1 << 20);
+  // A fixed receive window per stream (no bandwidth-delay probing): an
+  // upload waiting for a slow origin holds at most this much here.
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
   if (client_rpcs_ == nullptr) {
     return grpc::CreateCustomChannel(target, credentials, args);
   }
