@@ -473,10 +473,30 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
       no_connection(*exchange);
       return;
     }
+    // While the token's workers move between servers (one of them
+    // stopping), no server may hold its tunnel for a moment: wait for the
+    // workers to arrive here rather than answer 404, then relay afresh.
+    auto wait_here = [this, exchange, token_hash, no_connection]() mutable {
+      registry_.WaitForWorker(
+          executor_.io(), token_hash, kLaneWait,
+          [this, exchange, no_connection](bool arrived) mutable {
+            if (arrived) {
+              Relay(std::move(exchange));
+            } else {
+              no_connection(*exchange);
+            }
+          });
+    };
     dispatcher_->LookupPeers(
-        token_hash, [this, exchange, request_id, no_connection](
-                        absl::StatusOr<std::vector<PeerServer>> peers) {
+        token_hash, [this, exchange, request_id, no_connection,
+                     wait_here = std::move(wait_here)](
+                        absl::StatusOr<std::vector<PeerServer>> peers) mutable {
           if (!peers.ok() || peers->empty()) {
+            if (!exchange->request().chunked &&
+                exchange->request().content_length.value_or(0) == 0) {
+              wait_here();
+              return;
+            }
             no_connection(*exchange);
             return;
           }
@@ -487,7 +507,8 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                        peers->size()];
           ForwardToPeer(*peer_client_, exchange, peer.internal_url,
                         dispatcher_->config().server_id, request_id,
-                        absl::Now() + config_.request_timeout);
+                        absl::Now() + config_.request_timeout,
+                        std::move(wait_here));
         });
   }
 

@@ -1,4 +1,6 @@
 #include "services/server/peer_forward.h"
+#include "absl/strings/match.h"
+#include <algorithm>
 
 #include "common/logging.h"
 #include "services/server/relay.h"
@@ -93,7 +95,8 @@ void ForwardToPeer(http::Client& client,
                    std::shared_ptr<http::Exchange> exchange,
                    const std::string& peer_base_url,
                    const std::string& from_server_id,
-                   const std::string& request_id, absl::Time deadline) {
+                   const std::string& request_id, absl::Time deadline,
+                   absl::AnyInvocable<void() &&> tunnel_moved) {
   const http::RequestHead& request = exchange->request();
   http::ClientRequest call;
   call.method = request.method;
@@ -113,10 +116,29 @@ void ForwardToPeer(http::Client& client,
   auto cancellation = std::make_shared<http::CallCancellation>();
   call.cancellation = cancellation;
   exchange->OnCancel([cancellation] { cancellation->Cancel(); });
+  if (has_body) tunnel_moved = nullptr;  // the body is being sent: no retry
   client.Send(
       std::move(call),
-      [exchange, request_id,
-       peer_base_url](absl::StatusOr<http::ClientResponse> answer) mutable {
+      [exchange, request_id, peer_base_url,
+       tunnel_moved = std::move(tunnel_moved)](
+          absl::StatusOr<http::ClientResponse> answer) mutable {
+        const bool moved =
+            !answer.ok() ||
+            (answer->head.status == 404 &&
+             std::any_of(answer->head.headers.begin(),
+                         answer->head.headers.end(), [](const http::Header& h) {
+                           return absl::EqualsIgnoreCase(h.name,
+                                                         "x-broker-failure") &&
+                                  h.value == "no-connection";
+                         }));
+        if (moved && tunnel_moved) {
+          BROKER_LOG(kServer, kInfo,
+                     {{"request_id", request_id}, {"peer", peer_base_url}},
+                     "the server that held the tunnel no longer does; "
+                     "waiting for the token's workers here");
+          std::move(tunnel_moved)();
+          return;
+        }
         if (!answer.ok()) {
           BROKER_LOG(kServer, kWarn,
                      {{"request_id", request_id},

@@ -9,6 +9,7 @@
 #include "common/http/client.h"
 #include "common/http/server.h"
 
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
@@ -24,10 +25,16 @@ inline constexpr absl::string_view kForwardedHeader = "x-broker-forwarded-by";
 // `x-broker-failure: error-forwarding`; after, the answer is cut short (an
 // error for the platform, never a clean short body). `from_server_id` goes
 // in kForwardedHeader.
+//
+// `tunnel_moved` (optional): for a request without a body, runs instead of
+// an answer when the peer no longer holds the tunnel (404 no-connection) or
+// cannot be reached (it is stopping): the token's workers are moving, and
+// the caller may wait for them to arrive and serve the request itself.
 void ForwardToPeer(common::http::Client& client,
                    std::shared_ptr<common::http::Exchange> exchange,
                    const std::string& peer_base_url,
                    const std::string& from_server_id,
-                   const std::string& request_id, absl::Time deadline);
+                   const std::string& request_id, absl::Time deadline,
+                   absl::AnyInvocable<void() &&> tunnel_moved = nullptr);
 
 }  // namespace broker::server

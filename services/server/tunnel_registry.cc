@@ -1,5 +1,7 @@
 #include "services/server/tunnel_registry.h"
 
+#include "boost/asio/post.hpp"
+
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
@@ -9,7 +11,68 @@ namespace broker::server {
 
 absl::StatusOr<std::uint64_t> TunnelRegistry::AddWorker(
     const std::string& token_hash, WorkerInfo info) {
-  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::uint64_t> serial;
+  std::vector<Arrival> arrived;
+  {
+    absl::MutexLock lock(&mu_);
+    serial = AddWorkerLocked(token_hash, std::move(info));
+    auto it = arrivals_.find(token_hash);
+    if (serial.ok() && it != arrivals_.end()) {
+      arrived = std::move(it->second);
+      arrivals_.erase(it);
+    }
+  }
+  // Off this (gRPC) thread: the waiters go on to relay their requests.
+  for (Arrival& arrival : arrived) {
+    arrival.timer->cancel();
+    boost::asio::post(*arrival.io, [done = std::move(arrival.done)]() mutable {
+      std::move(done)(true);
+    });
+  }
+  return serial;
+}
+
+void TunnelRegistry::WaitForWorker(boost::asio::io_context& io,
+                                   const std::string& token_hash,
+                                   absl::Duration wait,
+                                   absl::AnyInvocable<void(bool) &&> done) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(token_hash);
+    const bool here = it != tokens_.end() && !it->second.workers.empty();
+    if (!here && wait > absl::ZeroDuration()) {
+      const std::uint64_t id = ++next_waiter_id_;
+      auto timer = std::make_shared<boost::asio::steady_timer>(io);
+      timer->expires_after(absl::ToChronoMilliseconds(wait));
+      timer->async_wait([this, token_hash, id](boost::system::error_code ec) {
+        if (ec) return;  // a worker arrived: AddWorker cancelled the timer
+        std::optional<Arrival> expired;
+        {
+          absl::MutexLock timer_lock(&mu_);
+          auto a = arrivals_.find(token_hash);
+          if (a == arrivals_.end()) return;
+          auto& waiting = a->second;
+          for (auto w = waiting.begin(); w != waiting.end(); ++w) {
+            if (w->id == id) {
+              expired = std::move(*w);
+              waiting.erase(w);
+              break;
+            }
+          }
+          if (waiting.empty()) arrivals_.erase(a);
+        }
+        if (expired) std::move(expired->done)(false);
+      });
+      arrivals_[token_hash].push_back(
+          Arrival{id, &io, std::move(done), std::move(timer)});
+      return;
+    }
+  }
+  std::move(done)(HasWorkers(token_hash));
+}
+
+absl::StatusOr<std::uint64_t> TunnelRegistry::AddWorkerLocked(
+    const std::string& token_hash, WorkerInfo info) {
   Token& token = tokens_[token_hash];
   Worker* same = nullptr;
   for (Worker& worker : token.workers) {

@@ -135,6 +135,15 @@ class TunnelRegistry {
                absl::Duration latency = absl::ZeroDuration())
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Runs `done(true)` once a worker of the token is here (at once if one
+  // is), or `done(false)` after `wait`: a request that found no tunnel
+  // anywhere while the token's workers move between servers (a rolling
+  // restart) waits for them to arrive. `done` runs on an `io` thread, or
+  // inline when the answer is immediate.
+  void WaitForWorker(boost::asio::io_context& io, const std::string& token_hash,
+                     absl::Duration wait, absl::AnyInvocable<void(bool) &&> done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   bool HasWorkers(const std::string& token_hash) const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<WorkerInfo> Workers(const std::string& token_hash) const
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -161,6 +170,16 @@ class TunnelRegistry {
     std::deque<Waiter> waiters;   // requests waiting for a lane
   };
 
+  struct Arrival {
+    std::uint64_t id;
+    boost::asio::io_context* io;
+    absl::AnyInvocable<void(bool) &&> done;
+    std::shared_ptr<boost::asio::steady_timer> timer;
+  };
+
+  absl::StatusOr<std::uint64_t> AddWorkerLocked(const std::string& token_hash,
+                                                WorkerInfo info)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The caller holds mu_ (the token lives in tokens_).
   static std::optional<Taken> TakeLocked(Token& token, absl::string_view avoid,
                                          absl::Time now);
@@ -173,6 +192,9 @@ class TunnelRegistry {
   std::uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);
   std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
+  // Requests waiting for a token's first worker here (WaitForWorker).
+  absl::flat_hash_map<std::string, std::vector<Arrival>> arrivals_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace broker::server

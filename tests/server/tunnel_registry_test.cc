@@ -4,9 +4,11 @@
 #include "tests/testing/status_matchers.h"
 
 #include "absl/status/status.h"
+#include "boost/asio/io_context.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <set>
@@ -44,6 +46,56 @@ TunnelRegistry::WorkerInfo Worker(const std::string& id,
   info.client_url = "http://scm:1";
   info.rules_digest = rules;
   return info;
+}
+
+// A request that found the token's tunnel nowhere (its workers moving
+// between servers) is told when the first worker arrives here.
+TEST(TunnelRegistryTest, AWaitForAWorkerEndsWhenOneArrives) {
+  TunnelRegistry registry(/*max_clients_per_token=*/4);
+  boost::asio::io_context io;
+  std::vector<bool> answers;
+  registry.WaitForWorker(io, kToken, absl::Seconds(30),
+                         [&](bool arrived) { answers.push_back(arrived); });
+  registry.WaitForWorker(io, kToken, absl::Seconds(30),
+                         [&](bool arrived) { answers.push_back(arrived); });
+  io.poll();
+  EXPECT_TRUE(answers.empty()) << "answered before any worker came";
+  // Another token's worker does not end the wait.
+  ASSERT_THAT(registry.AddWorker("other", Worker("x")).status(), IsOk());
+  io.poll();
+  EXPECT_TRUE(answers.empty());
+  ASSERT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
+  io.run_for(std::chrono::seconds(5));  // ends when nothing is left to do
+  EXPECT_EQ(answers, (std::vector<bool>{true, true}));
+}
+
+TEST(TunnelRegistryTest, AWaitForAWorkerEndsFalseAtItsDeadline) {
+  TunnelRegistry registry(/*max_clients_per_token=*/4);
+  boost::asio::io_context io;
+  std::vector<bool> answers;
+  registry.WaitForWorker(io, kToken, absl::Milliseconds(10),
+                         [&](bool arrived) { answers.push_back(arrived); });
+  io.run_for(std::chrono::seconds(5));  // the timer is all there is
+  EXPECT_EQ(answers, (std::vector<bool>{false}));
+  // A worker arriving afterwards has no one left to tell.
+  ASSERT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
+  io.restart();
+  io.poll();
+  EXPECT_EQ(answers.size(), 1U);
+}
+
+TEST(TunnelRegistryTest, AWaitForAWorkerAlreadyHereAnswersAtOnce) {
+  TunnelRegistry registry(/*max_clients_per_token=*/4);
+  boost::asio::io_context io;
+  ASSERT_THAT(registry.AddWorker(kToken, Worker("a")).status(), IsOk());
+  std::vector<bool> answers;
+  registry.WaitForWorker(io, kToken, absl::Seconds(30),
+                         [&](bool arrived) { answers.push_back(arrived); });
+  EXPECT_EQ(answers, (std::vector<bool>{true}));
+  // Without a wait, no worker is answered at once too.
+  registry.WaitForWorker(io, "nobody", absl::ZeroDuration(),
+                         [&](bool arrived) { answers.push_back(arrived); });
+  EXPECT_EQ(answers, (std::vector<bool>{true, false}));
 }
 
 TEST(TunnelRegistryTest, CapsDistinctWorkersPerToken) {
