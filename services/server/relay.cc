@@ -142,42 +142,48 @@ class RelayCall final : public LaneListener,
 
   // Sends `message` now, or holds it while another is in flight.
   // `read_next`: read the platform's next chunk once it is on its way.
-  // While a message waits behind the one in flight, the platform's next
-  // chunks join it (up to kCoalescedBodyBytes) and reading goes on: a
-  // fast platform behind a busy stream so sends a few large messages
-  // instead of many small ones, each a write and a thread hand-off.
   void SendUp(ServeDown message, bool is_end, bool read_next) {
-    bool send_now = false;
     bool read_now = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!up_sending_) {
-        up_sending_ = true;
-        up_in_flight_is_end_ = is_end;
-        send_now = true;
-        read_now = read_next;
-      } else {
-        if (message.has_body() && !up_held_.empty() &&
-            up_held_.back().message.has_body() &&
-            up_held_.back().message.body().size() + message.body().size() <=
-                kCoalescedBodyBytes) {
-          up_held_.back().message.mutable_body()->append(message.body());
-        } else {
-          up_held_.push_back({std::move(message), is_end, false});
-        }
-        // The next read: now while the held message has room, else once
-        // it is on its way (OnSent).
-        UpMessage& held = up_held_.back();
-        if (read_next && held.message.has_body() &&
-            held.message.body().size() < kCoalescedBodyBytes) {
-          read_now = true;
-        } else {
-          held.read_next = read_next;
-        }
-      }
+    if (!HoldUp(message, is_end, read_next, &read_now)) {
+      lane_->Send(std::move(message));
+      read_now = read_next;
     }
-    if (send_now) lane_->Send(std::move(message));
     if (read_now) ReadUp();
+  }
+
+  // With a message in flight: takes `message` (it is moved from) and holds
+  // it, and returns true. While a message waits behind the one in flight,
+  // the platform's next chunks join it (up to kCoalescedBodyBytes) and
+  // reading goes on (`read_now`): a fast platform behind a busy stream so
+  // sends a few large messages instead of many small ones, each a write
+  // and a thread hand-off. Otherwise marks `message` as the one in flight
+  // and returns false: the caller sends it.
+  bool HoldUp(ServeDown& message, bool is_end, bool read_next,
+              bool* read_now) {
+    absl::MutexLock lock(&mu_);
+    if (!up_sending_) {
+      up_sending_ = true;
+      up_in_flight_is_end_ = is_end;
+      return false;
+    }
+    if (message.has_body() && !up_held_.empty() &&
+        up_held_.back().message.has_body() &&
+        up_held_.back().message.body().size() + message.body().size() <=
+            kCoalescedBodyBytes) {
+      up_held_.back().message.mutable_body()->append(message.body());
+    } else {
+      up_held_.push_back({std::move(message), is_end, false});
+    }
+    // The next read: now while the held message has room, else once it is
+    // on its way (OnSent).
+    UpMessage& held = up_held_.back();
+    if (read_next && held.message.has_body() &&
+        held.message.body().size() < kCoalescedBodyBytes) {
+      *read_now = true;
+    } else {
+      held.read_next = read_next;
+    }
+    return true;
   }
 
   void ReadUp() {

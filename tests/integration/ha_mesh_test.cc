@@ -63,12 +63,7 @@ class HaMeshTest : public ::testing::Test {
     dispatcher_url_ = absl::StrCat("http://127.0.0.1:", *port);
 
     for (int id = 0; id < 2; ++id) {
-      auto server = StartServer(
-          server_accept_, {{"DISPATCHER_URL", dispatcher_url_},
-                           {"HOSTNAME", absl::StrCat("broker-server-", id)},
-                           {"BROKER_SERVER_ADVERTISE_HOST", "127.0.0.1"},
-                           {"BROKER_DISPATCHER_REFRESH_MS", "300"},
-                           {"BROKER_DRAIN_WAIT_MS", "10000"}});
+      auto server = StartMeshServer(id);
       ASSERT_TRUE(server.ok()) << server.status();
       servers_.push_back(*std::move(server));
     }
@@ -76,16 +71,7 @@ class HaMeshTest : public ::testing::Test {
     // spread the two workers: the servers register asynchronously, so the
     // test sends the same registrations itself and waits for the answers.
     for (int id = 0; id < 2; ++id) {
-      auto r = fetcher_.Fetch(
-          "POST", absl::StrCat(dispatcher_url_, "/internal/brokerservers/", id),
-          {{"content-type", "application/vnd.api+json"}},
-          absl::StrCat(
-              R"({"data":{"attributes":{"tunnel_url":"http://127.0.0.1:)",
-              servers_[id].tunnel_port,
-              R"(","internal_url":"http://127.0.0.1:)", servers_[id].http_port,
-              R"("}}})"));
-      ASSERT_TRUE(r.ok()) << r.status();
-      ASSERT_LT(r->status, 300) << r->body;
+      ASSERT_NO_FATAL_FAILURE(Register(id));
     }
 
     auto agent =
@@ -145,6 +131,41 @@ class HaMeshTest : public ::testing::Test {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       PrintOutput(absl::StrCat("broker-tunnel ", i), workers_[i].get());
     }
+  }
+
+  // broker-server `id` of the mesh (HOSTNAME broker-server-<id>, so a
+  // restarted one keeps its id), registering with the dispatcher.
+  absl::StatusOr<ServerProcess> StartMeshServer(int id) {
+    return StartServer(server_accept_,
+                       {{"DISPATCHER_URL", dispatcher_url_},
+                        {"HOSTNAME", absl::StrCat("broker-server-", id)},
+                        {"BROKER_SERVER_ADVERTISE_HOST", "127.0.0.1"},
+                        {"BROKER_DISPATCHER_REFRESH_MS", "300"},
+                        {"BROKER_DRAIN_WAIT_MS", "10000"}});
+  }
+
+  // Sends server `id`'s registration itself and waits for the answer (the
+  // server's own is asynchronous).
+  void Register(int id) {
+    auto r = fetcher_.Fetch(
+        "POST", absl::StrCat(dispatcher_url_, "/internal/brokerservers/", id),
+        {{"content-type", "application/vnd.api+json"}},
+        absl::StrCat(
+            R"({"data":{"attributes":{"tunnel_url":"http://127.0.0.1:)",
+            servers_[id].tunnel_port, R"(","internal_url":"http://127.0.0.1:)",
+            servers_[id].http_port, R"("}}})"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_LT(r->status, 300) << r->body;
+  }
+
+  // Polls ClientsOn(server) until it is `want`; false after kWait.
+  bool WaitForClientsOn(int server, int want) {
+    const absl::Time deadline = absl::Now() + kWait;
+    while (absl::Now() < deadline) {
+      if (ClientsOn(server) == want) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
   }
 
   std::string BrokerUrl(int server, absl::string_view path) const {
@@ -295,6 +316,40 @@ TEST_F(HaMeshTest, ServerKilledUnderLoadCostsNoGetOnTheOther) {
 TEST_F(HaMeshTest, ServerFrozenUnderLoadCostsNoGetOnTheOther) {
   ExpectTheOtherServerCarriesOn(SIGSTOP);
   servers_[0].process->Signal(SIGCONT);
+}
+
+// A rolling restart of every server, one at a time, as a deployment does
+// it: SIGTERM drains a server's workers to the other one, a new process
+// takes its place (same id, new ports) and registers, then the next. GETs
+// sent to the server that stays up meanwhile never fail, and afterwards
+// both new servers answer for the token (one by forwarding to the other).
+TEST_F(HaMeshTest, RollingRestartOfEveryServerCostsNoGet) {
+  for (int restarting = 0; restarting < 2; ++restarting) {
+    SCOPED_TRACE(absl::StrCat("restarting server ", restarting));
+    const int other = 1 - restarting;
+    SteadyLoad load({BrokerUrl(other, "/bytes/512")}, 4);
+    EXPECT_TRUE(load.WaitForMore(50, kWait)) << "the load never started";
+    const absl::Time start = absl::Now();
+    servers_[restarting].process->Signal(SIGTERM);
+    auto exited = servers_[restarting].process->Wait(kWait);
+    ASSERT_TRUE(exited.ok()) << exited.status();
+    EXPECT_EQ(*exited, 0);
+    EXPECT_TRUE(WaitForClientsOn(other, 2)) << "the workers did not move";
+    auto server = StartMeshServer(restarting);
+    ASSERT_TRUE(server.ok()) << server.status();
+    servers_[restarting] = *std::move(server);
+    ASSERT_NO_FATAL_FAILURE(Register(restarting));
+    std::cout << "server " << restarting << " drained, exited and was back in "
+              << absl::Now() - start << "\n";
+    EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load stalled";
+    load.Stop();
+    EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  }
+  for (int server = 0; server < 2; ++server) {
+    auto r = fetcher_.Fetch("GET", BrokerUrl(server, "/bytes/100"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << "server " << server << ": " << r->body;
+  }
 }
 
 TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {
