@@ -1,13 +1,13 @@
 #include "services/server/peer_forward.h"
-#include "absl/strings/match.h"
-#include <algorithm>
 
 #include "common/logging.h"
 #include "services/server/relay.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
+#include <algorithm>
 #include <atomic>
 #include <utility>
 

@@ -158,8 +158,7 @@ class RelayCall final : public LaneListener,
   // sends a few large messages instead of many small ones, each a write
   // and a thread hand-off. Otherwise marks `message` as the one in flight
   // and returns false: the caller sends it.
-  bool HoldUp(ServeDown& message, bool is_end, bool read_next,
-              bool* read_now) {
+  bool HoldUp(ServeDown& message, bool is_end, bool read_next, bool* read_now) {
     absl::MutexLock lock(&mu_);
     if (!up_sending_) {
       up_sending_ = true;

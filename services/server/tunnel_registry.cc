@@ -1,9 +1,8 @@
 #include "services/server/tunnel_registry.h"
 
-#include "boost/asio/post.hpp"
-
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "boost/asio/post.hpp"
 
 #include <algorithm>
 

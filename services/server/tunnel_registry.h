@@ -141,7 +141,8 @@ class TunnelRegistry {
   // restart) waits for them to arrive. `done` runs on an `io` thread, or
   // inline when the answer is immediate.
   void WaitForWorker(boost::asio::io_context& io, const std::string& token_hash,
-                     absl::Duration wait, absl::AnyInvocable<void(bool) &&> done)
+                     absl::Duration wait,
+                     absl::AnyInvocable<void(bool) &&> done)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   bool HasWorkers(const std::string& token_hash) const ABSL_LOCKS_EXCLUDED(mu_);
