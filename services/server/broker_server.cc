@@ -481,7 +481,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
           executor_.io(), token_hash, kLaneWait,
           [this, exchange, no_connection](bool arrived) mutable {
             if (arrived) {
-              Relay(std::move(exchange));
+              Relay(exchange);
             } else {
               no_connection(*exchange);
             }
