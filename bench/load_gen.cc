@@ -870,7 +870,7 @@ int RunUpload(const Args& args, const Url& url) {
   if (ec && error.empty()) error = "write: " + ec.message();
   rss.Stop();
   json out = TransferJson("upload", status, sent, length, took, error);
-  // The test origin's /echo reports what it received.
+  // The test origin's /sink and /echo report what they received.
   json answer = json::parse(parser.get().body(), nullptr, false);
   if (!answer.is_discarded() && answer.contains("body_bytes")) {
     out["origin_body_bytes"] = answer["body_bytes"];

@@ -100,13 +100,13 @@ origin="http://127.0.0.1:${origin_port}"
 cat >"${work}/server-accept.json" <<EOF
 {"public": [
   {"method": "GET", "path": "/bytes/:n"},
-  {"method": "POST", "path": "/echo"}
+  {"method": "POST", "path": "/sink"}
 ]}
 EOF
 cat >"${work}/tunnel-accept.json" <<EOF
 {"private": [
   {"method": "GET", "path": "/bytes/:n", "origin": "${origin}"},
-  {"method": "POST", "path": "/echo", "origin": "${origin}"}
+  {"method": "POST", "path": "/sink", "origin": "${origin}"}
 ]}
 EOF
 
@@ -176,9 +176,9 @@ echo "direct download: ${dl_direct}"
 dl_tunnel="$(run dl-tunnel download --url "${tunnel}/bytes/${big_bytes}" \
   "${watch[@]}")"
 echo "tunnel download: ${dl_tunnel}"
-up_direct="$(run up-direct upload --url "${origin}/echo" --bytes "${big_bytes}")"
+up_direct="$(run up-direct upload --url "${origin}/sink" --bytes "${big_bytes}")"
 echo "direct upload: ${up_direct}"
-up_tunnel="$(run up-tunnel upload --url "${tunnel}/echo" --bytes "${big_bytes}" \
+up_tunnel="$(run up-tunnel upload --url "${tunnel}/sink" --bytes "${big_bytes}" \
   "${watch[@]}")"
 echo "tunnel upload: ${up_tunnel}"
 

@@ -111,13 +111,13 @@ origin="http://127.0.0.1:$(wait_for "${work}/origin.out" '^[0-9]+$' 20)"
 # out (the origin plays the platform's webhook endpoint too).
 cat >"${work}/server-accept.json" <<EOF
 {"public": [{"method": "GET", "path": "/bytes/:n"},
-            {"method": "POST", "path": "/echo"}],
+            {"method": "POST", "path": "/sink"}],
  "private": [{"method": "POST", "path": "/webhook/github/:id",
               "origin": "${origin}"}]}
 EOF
 cat >"${work}/client-accept.json" <<EOF
 {"private": [{"method": "GET", "path": "/bytes/:n", "origin": "${origin}"},
-             {"method": "POST", "path": "/echo", "origin": "${origin}"}],
+             {"method": "POST", "path": "/sink", "origin": "${origin}"}],
  "public": [{"method": "POST", "path": "/webhook/github/:id"}]}
 EOF
 
@@ -319,7 +319,7 @@ measure() {
     --duration "${duration}"
   run "${system}" down100m download --url "${base}/bytes/104857600"
   run "${system}" down1g download --url "${base}/bytes/1073741824"
-  run "${system}" up25m upload --url "${base}/echo" --bytes 26214400
+  run "${system}" up25m upload --url "${base}/sink" --bytes 26214400
   run "${system}" webhooks open --url "${webhook}" --rate "${webhook_rate}" \
     --duration "${duration}" --post-bytes 2048
   kill "${sampler_pid}" 2>/dev/null || true

@@ -585,6 +585,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     sha_ = Sha256();
     request_body_bytes_ = 0;
     keep_body_ = false;
+    hash_body_ = true;
     body_.clear();
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self = this->shared_from_this()](
@@ -634,6 +635,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
     if (path_ == "/echo-body") {
       EchoBody();
+    } else if (path_ == "/sink") {
+      hash_body_ = false;
+      DrainBody([self] { self->RespondSink(); });
     } else if (path_ == "/echo" || absl::StartsWith(path_, "/webhook/")) {
       DrainBody([self] { self->RespondEcho(); });
     } else if (path_ == "/headers") {
@@ -735,7 +739,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         self->Close();
         return;
       }
-      self->sha_.Update(data);
+      if (self->hash_body_) self->sha_.Update(data);
       if (self->keep_body_) self->body_.append(data.data(), data.size());
       if (done) {
         then();
@@ -776,6 +780,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     RespondSimple(
         200, "application/json",
         echo.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
+
+  void RespondSink() {
+    nlohmann::json sink;
+    sink["body_bytes"] = request_body_bytes_;
+    RespondSimple(200, "application/json", sink.dump());
   }
 
   // /api/v3/...: the SCM-like API; on a thread of its own when it runs git,
@@ -1067,6 +1077,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   Sha256 sha_;
   std::uint64_t request_body_bytes_ = 0;
   bool keep_body_ = false;  // the route needs the body (kept in body_)
+  bool hash_body_ = true;   // /echo reports the body's SHA-256; /sink not
   std::string body_;
   std::string path_;
   bool waiting_ = false;  // /slow: the timer and the socket watch race

@@ -9,6 +9,9 @@
 //                          lower-cased, repeated headers joined with ", ".
 //   ANY /webhook/<path>    the same as /echo: the platform's webhook
 //                          endpoint in the You => Snyk tests.
+//   ANY /sink              200 JSON {"body_bytes"}: the body counted and
+//                          dropped, no hash, so that an upload benchmark
+//                          measures the path to the origin, not SHA-256.
 //   ANY /echo-body         the request body streamed back unchanged, with the
 //                          request's Content-Type (Content-Length when the
 //                          request had one, chunked otherwise).

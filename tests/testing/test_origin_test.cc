@@ -1,5 +1,5 @@
-// The test origin's SCM-like API (/api/v3/repos/...) over a real bare
-// repository made with git in a temporary directory.
+// The test origin's /sink, and its SCM-like API (/api/v3/repos/...) over a
+// real bare repository made with git in a temporary directory.
 
 #include "tests/testing/test_origin.h"
 
@@ -22,6 +22,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace broker::testing {
@@ -39,7 +40,7 @@ struct Answer {
 
 // One blocking HTTP/1.1 request to the origin.
 Answer Call(const TestOrigin& origin, const std::string& target,
-            bhttp::verb method = bhttp::verb::get) {
+            bhttp::verb method = bhttp::verb::get, std::string body = "") {
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket socket(io);
   boost::system::error_code ec;
@@ -49,6 +50,7 @@ Answer Call(const TestOrigin& origin, const std::string& target,
   EXPECT_FALSE(ec) << ec.message();
   bhttp::request<bhttp::string_body> request(method, target, 11);
   request.set(bhttp::field::host, "127.0.0.1");
+  request.body() = std::move(body);
   request.prepare_payload();
   bhttp::write(socket, request, ec);
   EXPECT_FALSE(ec) << ec.message();
@@ -64,6 +66,19 @@ Answer Call(const TestOrigin& origin, const std::string& target,
   answer.content_type = std::string(response[bhttp::field::content_type]);
   answer.raw = response.body();
   return answer;
+}
+
+TEST(TestOriginTest, SinkCountsTheBodyWithoutHashingIt) {
+  auto origin = TestOrigin::Start({});
+  ASSERT_TRUE(origin.ok()) << origin.status();
+  const std::string body(300 * 1024 + 7, 'x');
+  const Answer sink = Call(**origin, "/sink", bhttp::verb::post, body);
+  EXPECT_EQ(sink.status, 200);
+  EXPECT_EQ(sink.Body(), json({{"body_bytes", body.size()}}));
+  // /echo on the same origin still hashes (the flag is per request).
+  const Answer echo = Call(**origin, "/echo", bhttp::verb::post, "abc");
+  EXPECT_EQ(echo.Body()["body_sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 class TestOriginApiTest : public ::testing::Test {
