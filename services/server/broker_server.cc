@@ -158,6 +158,9 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                                   std::move(delivery_options)));
     tunnel_service_ = std::make_unique<TunnelService>(
         registry_, this, deliveries_.get(), &metrics_);
+    if (config_.admit_per_second > 0) {
+      tunnel_service_->LimitAdmissions(config_.admit_per_second);
+    }
     grpc::ServerBuilder builder;
     std::shared_ptr<grpc::ServerCredentials> credentials =
         grpc::InsecureServerCredentials();
@@ -653,6 +656,10 @@ absl::Status Validate(const ServerConfig& config) {
   if (!config.tunnel_client_ca_file.empty() && config.tls_cert_file.empty()) {
     return absl::InvalidArgumentError(
         "BROKER_TUNNEL_CLIENT_CA needs TLS: set HTTPS_CERT and HTTPS_KEY too");
+  }
+  if (config.admit_per_second < 0) {
+    return absl::InvalidArgumentError(
+        "BROKER_TUNNEL_ADMIT_PER_SECOND: must be 0 (no cap) or more");
   }
   return absl::OkStatus();
 }

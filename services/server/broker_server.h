@@ -43,6 +43,11 @@ struct ServerConfig {
   // connection is found within about two seconds.
   absl::Duration tunnel_keepalive = absl::Milliseconds(300);
   absl::Duration tunnel_keepalive_timeout = absl::Seconds(1);
+  // BROKER_TUNNEL_ADMIT_PER_SECOND: workers admitted per second at most,
+  // with a burst of as many at once (0: no cap). Past it a Hello is
+  // refused with UNAVAILABLE and the worker retries on its jittered
+  // backoff, so a fleet reconnecting after a restart arrives spread out.
+  int admit_per_second = 1000;
   // HA mode: registration with the dispatcher (DISPATCHER_URL; off when
   // empty). Empty tunnel/internal URLs default to
   // <scheme>://<advertise_host>:<bound port>.

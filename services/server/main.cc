@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
            "  BROKER_TUNNEL_KEEPALIVE_MS  how often the server pings each "
            "worker connection; unanswered for 1 s, it is dropped "
            "(default 300)\n"
+           "  BROKER_TUNNEL_ADMIT_PER_SECOND  workers admitted per second at "
+           "most, in bursts of as many; past it a worker is told to retry "
+           "(default 1000; 0: no cap)\n"
            "  BROKER_METRICS_ENABLED  true: Prometheus text on GET /metrics "
            "and gRPC interceptors on the tunnel endpoint; false: /metrics is "
            "404 (default true)\n"
@@ -114,6 +117,10 @@ int main(int argc, char** argv) {
         "BROKER_TUNNEL_KEEPALIVE_MS: must be at least 100"));
   }
   config.tunnel_keepalive = *keepalive;
+  auto admit_rate =
+      env.Integer("BROKER_TUNNEL_ADMIT_PER_SECOND", 1000, 0, 1000000);
+  if (!admit_rate.ok()) return fail(admit_rate.status());
+  config.admit_per_second = static_cast<int>(*admit_rate);
   config.dispatcher.url =
       std::string(absl::StripSuffix(env.Optional("DISPATCHER_URL", ""), "/"));
   if (!config.dispatcher.url.empty()) {

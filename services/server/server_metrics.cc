@@ -120,6 +120,8 @@ absl::string_view RefusalReason(absl::StatusCode code) {
       return "fingerprint";  // its configuration differs from its peers'
     case absl::StatusCode::kUnauthenticated:
       return "token_mismatch";  // Hello.token_hash is not the call's token
+    case absl::StatusCode::kUnavailable:
+      return "rate";  // over BROKER_TUNNEL_ADMIT_PER_SECOND; told to retry
     default:
       return "other";
   }

@@ -143,6 +143,19 @@ class ControlReactor final
                               "Hello.token_hash does not match the token"));
       return false;
     }
+    if (!service_.TryAdmit()) {
+      // Expected after a restart, while the fleet comes back: info, and
+      // the refusals metric (reason "rate") counts them.
+      BROKER_LOG(kServer, kInfo,
+                 {{"hashed_token", identity_.token_hash},
+                  {"client_id", identity_.client_id}},
+                 "broker client asked to retry: admission rate cap reached");
+      Refused(absl::StatusCode::kUnavailable);
+      FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "the broker server admits workers at a capped "
+                              "rate (BROKER_TUNNEL_ADMIT_PER_SECOND); retry"));
+      return false;
+    }
     TunnelRegistry::WorkerInfo info;
     info.client_id = identity_.client_id;
     info.masked_token = identity_.masked_token;
@@ -479,6 +492,10 @@ grpc::ServerBidiReactor<WorkerControl, ServerControl>* TunnelService::Control(
         ToGrpc(identity.status()));
   }
   return new ControlReactor(*this, registry_, *std::move(identity));
+}
+
+void TunnelService::LimitAdmissions(int per_second) {
+  admissions_ = std::make_unique<common::TokenBucket>(per_second, per_second);
 }
 
 void TunnelService::Track(ControlReactor* reactor) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "common/token_bucket.h"
 #include "services/server/tunnel_registry.h"
 
 #include "broker/tunnel/v1/tunnel.grpc.pb.h"
@@ -50,6 +51,11 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
         deliveries_(deliveries),
         metrics_(metrics) {}
 
+  // Admits at most `per_second` workers per second, in bursts of as many
+  // (BrokerServerConfig::admit_per_second); no cap unless called. Call
+  // before the server starts.
+  void LimitAdmissions(int per_second);
+
   grpc::ServerBidiReactor<tunnel::v1::WorkerControl, tunnel::v1::ServerControl>*
   Control(grpc::CallbackServerContext* context) override;
 
@@ -72,6 +78,8 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
   void Untrack(ControlReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
   WorkerEvents* events() const { return events_; }
   ServerMetrics* metrics() const { return metrics_; }
+  // Whether a worker may be admitted now (takes an admission).
+  bool TryAdmit() { return admissions_ == nullptr || admissions_->TryTake(); }
   // The server is shutting down: tunnels ending now end because of it.
   void SetStopping() { stopping_.store(true, std::memory_order_relaxed); }
   bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
@@ -81,6 +89,7 @@ class TunnelService final : public tunnel::v1::Tunnel::CallbackService {
   WorkerEvents* const events_;
   WebhookDeliveries* const deliveries_;
   ServerMetrics* const metrics_;
+  std::unique_ptr<common::TokenBucket> admissions_;  // null: no cap
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   absl::flat_hash_set<ControlReactor*> controls_ ABSL_GUARDED_BY(mu_);

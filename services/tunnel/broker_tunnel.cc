@@ -973,6 +973,10 @@ std::shared_ptr<grpc::Channel> Worker::MakeChannel(
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10000);
+  // A connection of this worker's own: workers sharing a process (the fault
+  // tests' fleet) would otherwise share one through gRPC's global
+  // subchannel pool, and a tunnel is one worker's connection.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(1 << 20);
   args.SetMaxSendMessageSize(1 << 20);
   // A fixed receive window per stream (no bandwidth-delay probing): an
