@@ -6,11 +6,9 @@
 #include "common/token.h"
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
+#include "tests/integration/prometheus_text.h"
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -30,36 +28,6 @@ using ::testing::Not;
 constexpr char kToken[] = "5b2e8c1d-7a4f-4e3b-9c6d-1f0a2b3c4d5e";
 constexpr absl::Duration kWait = absl::Seconds(20);
 constexpr int kRequests = 5;
-
-// "name{labels}" (as rendered) -> value, for every sample line.
-std::map<std::string, double> ParseSamples(const std::string& text) {
-  std::map<std::string, double> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (line.empty() || line[0] == '#') continue;
-    const std::size_t space = line.rfind(' ');
-    if (space == absl::string_view::npos) continue;
-    double value = 0;
-    if (!absl::SimpleAtod(line.substr(space + 1), &value)) continue;
-    out[std::string(line.substr(0, space))] = value;
-  }
-  return out;
-}
-
-// The sum of every sample of `name` whose labels contain each of `labels`
-// (`name{...}` and a bare `name` both count).
-double Sum(const std::map<std::string, double>& samples,
-           const std::string& name,
-           const std::vector<std::string>& labels = {}) {
-  double sum = 0;
-  for (const auto& [key, value] : samples) {
-    if (key != name && !absl::StartsWith(key, name + "{")) continue;
-    bool all = true;
-    for (const std::string& label : labels)
-      all = all && absl::StrContains(key, label);
-    if (all) sum += value;
-  }
-  return sum;
-}
 
 class MetricsTest : public ::testing::Test {
  protected:
