@@ -34,14 +34,21 @@ function(broker_cc_binary)
   endif()
 endfunction()
 
-# broker_cc_test(NAME SRCS DEPS [LABELS] [TEST_PREFIX]): a GoogleTest binary
+# broker_cc_test(NAME SRCS DEPS [LABELS] [TEST_PREFIX] [SERIAL]): a GoogleTest binary
 # registered with CTest test by test. LABELS default to "unit". TEST_PREFIX
 # is put before each test's name ("dispatcher." lets `ctest -R dispatcher`
 # select a whole area).
 function(broker_cc_test)
-  cmake_parse_arguments(ARG "" "NAME;TEST_PREFIX" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "SERIAL" "NAME;TEST_PREFIX" "SRCS;DEPS;LABELS"
+                        ${ARGN})
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
+  endif()
+  # SERIAL: ctest runs each case alone (a heavy test that would starve, or
+  # be starved by, the tests beside it).
+  set(_serial FALSE)
+  if(ARG_SERIAL)
+    set(_serial TRUE)
   endif()
   add_executable(${ARG_NAME} ${ARG_SRCS})
   target_compile_options(${ARG_NAME} PRIVATE ${BROKER_WARNING_FLAGS})
@@ -54,5 +61,5 @@ function(broker_cc_test)
     TEST_PREFIX "${ARG_TEST_PREFIX}"
     DISCOVERY_MODE PRE_TEST
     DISCOVERY_TIMEOUT 60
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT 300)
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT 300 RUN_SERIAL ${_serial})
 endfunction()
