@@ -3,12 +3,17 @@
 // broker-tunnel workers that take their server from the agent. Checks the
 // documented log lines, that each server relays through the worker placed
 // on it, that a server's SIGTERM moves its worker to the other server while
-// GETs keep succeeding, and that the death (kill -9) of the dispatcher or
-// of a server costs no GET through what is left.
+// GETs keep succeeding, and that the death (kill -9) of the dispatcher, of
+// one of its replicas (Redis) or of a server costs no GET through what is
+// left.
 
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
+#include "tests/integration/service_proxy.h"
 #include "tests/integration/steady_load.h"
+#ifdef REDIS_SERVER_BIN
+#include "tests/dispatcher/redis_server.h"
+#endif
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -20,6 +25,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace broker::testing {
@@ -44,23 +50,7 @@ class HaMeshTest : public ::testing::Test {
             R"json({"private": [{"method": "GET", "path": "/bytes/:n", "origin": "http://127.0.0.1:)json",
             origin_port_, R"json("}]})json"));
 
-    // Detection of a dead server, tightened from the defaults (refresh
-    // 10 s, TTL 30 s, unreachable after 30 s) so the kill -9 test recovers
-    // in seconds: the servers refresh every 300 ms, the dispatcher calls a
-    // server dead 2 s after its last refresh, and the agent moves a worker
-    // whose tunnel has been down for 1 s.
-    auto dispatcher =
-        ChildProcess::Start(BROKER_DISPATCHER_BIN, {},
-                            {{"PORT", "0"},
-                             {"BROKER_DISPATCHER_SERVER_TTL_MS", "2000"},
-                             {"LOG_LEVEL", "info"}});
-    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
-    dispatcher_ = *std::move(dispatcher);
-    auto line = dispatcher_->WaitForLine("broker-dispatcher listening", kWait);
-    ASSERT_TRUE(line.ok()) << line.status();
-    auto port = JsonInt(*line, "port");
-    ASSERT_TRUE(port.ok()) << port.status();
-    dispatcher_url_ = absl::StrCat("http://127.0.0.1:", *port);
+    ASSERT_NO_FATAL_FAILURE(StartDispatcher());
 
     for (int id = 0; id < 2; ++id) {
       auto server = StartMeshServer(id);
@@ -131,6 +121,34 @@ class HaMeshTest : public ::testing::Test {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       PrintOutput(absl::StrCat("broker-tunnel ", i), workers_[i].get());
     }
+  }
+
+  // Sets dispatcher_url_. Detection of a dead server, tightened from the
+  // defaults (refresh 10 s, TTL 30 s, unreachable after 30 s) so the kill -9
+  // test recovers in seconds: the servers refresh every 300 ms, the
+  // dispatcher calls a server dead 2 s after its last refresh, and the
+  // agent moves a worker whose tunnel has been down for 1 s.
+  virtual void StartDispatcher() {
+    auto dispatcher = StartDispatcherProcess({});
+    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+    dispatcher_ = std::move(dispatcher->first);
+    dispatcher_url_ = absl::StrCat("http://127.0.0.1:", dispatcher->second);
+  }
+
+  // A broker-dispatcher with the mesh's TTL and `env`, and its port.
+  static absl::StatusOr<std::pair<std::unique_ptr<ChildProcess>, int>>
+  StartDispatcherProcess(std::map<std::string, std::string> env) {
+    env.emplace("PORT", "0");
+    env.emplace("BROKER_DISPATCHER_SERVER_TTL_MS", "2000");
+    env.emplace("LOG_LEVEL", "info");
+    auto dispatcher = ChildProcess::Start(BROKER_DISPATCHER_BIN, {}, env);
+    if (!dispatcher.ok()) return dispatcher.status();
+    auto line =
+        (*dispatcher)->WaitForLine("broker-dispatcher listening", kWait);
+    if (!line.ok()) return line.status();
+    auto port = JsonInt(*line, "port");
+    if (!port.ok()) return port.status();
+    return std::make_pair(*std::move(dispatcher), *port);
   }
 
   // broker-server `id` of the mesh (HOSTNAME broker-server-<id>, so a
@@ -373,6 +391,92 @@ TEST_F(HaMeshTest, ServerWithoutTheTunnelForwardsToOneThatHasIt) {
   EXPECT_EQ(r->status, 404);
   EXPECT_EQ(r->Header("x-broker-failure"), "no-connection");
 }
+
+#ifdef REDIS_SERVER_BIN
+// The dispatcher replicated: two replicas sharing Redis behind a Service
+// (service_proxy.h), which the servers and the agent call.
+class HaMeshReplicatedTest : public HaMeshTest {
+ protected:
+  void StartDispatcher() override {
+    auto redis = RedisServer::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    std::vector<int> ports;
+    for (int i = 0; i < 2; ++i) {
+      auto replica = StartDispatcherProcess(
+          {{"BROKER_DISPATCHER_REDIS_URL", redis_->url()}});
+      ASSERT_TRUE(replica.ok()) << replica.status();
+      replicas_.push_back(std::move(replica->first));
+      ports.push_back(replica->second);
+    }
+    auto service = ServiceProxy::Start(ports);
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = *std::move(service);
+    dispatcher_url_ = absl::StrCat("http://127.0.0.1:", service_->port());
+  }
+
+  void TearDown() override {
+    HaMeshTest::TearDown();
+    if (!HasFailure()) return;
+    for (std::size_t i = 0; i < replicas_.size(); ++i) {
+      PrintOutput(absl::StrCat("broker-dispatcher replica ", i),
+                  replicas_[i].get());
+    }
+  }
+
+  std::unique_ptr<RedisServer> redis_;
+  std::vector<std::unique_ptr<ChildProcess>> replicas_;
+  std::unique_ptr<ServiceProxy> service_;
+};
+
+// kill -9 of a dispatcher replica under load costs no GET, and the control
+// path carries on through the other: a server's SIGTERM still moves its
+// worker, which needs a new placement from the dispatcher.
+TEST_F(HaMeshReplicatedTest,
+       ReplicaKilledUnderLoadCostsNoGetAndPlacementGoesOn) {
+  {
+    SteadyLoad load({BrokerUrl(0, "/bytes/512"), BrokerUrl(1, "/bytes/512")},
+                    4);
+    EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+    replicas_[0]->Signal(SIGKILL);
+    ASSERT_TRUE(replicas_[0]->Wait(kWait).ok());
+    EXPECT_TRUE(load.WaitForMore(600, kWait)) << "the load stalled";
+    load.Stop();
+    EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  }
+  // The placement of the moved worker can only come from replica 1.
+  constexpr char kPlaced[] = "allocated a broker client to server 1";
+  auto placements = [&] {
+    const std::string out = replicas_[1]->Output();
+    int n = 0;
+    for (std::size_t at = out.find(kPlaced); at != std::string::npos;
+         at = out.find(kPlaced, at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  const int placed_before = placements();
+  SteadyLoad load({BrokerUrl(1, "/bytes/512")}, 4);
+  EXPECT_TRUE(load.WaitForMore(50, kWait)) << "the load never started";
+  const absl::Time drained = absl::Now();
+  servers_[0].process->Signal(SIGTERM);
+  auto moved =
+      servers_[1].process->WaitForLine("broker client connected", kWait);
+  const absl::Duration recovered = absl::Now() - drained;
+  EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load stalled";
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  const absl::Time deadline = absl::Now() + kWait;
+  while (placements() == placed_before && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GT(placements(), placed_before) << "replica 1 placed nothing";
+  std::cout << "with one dispatcher replica dead, server 0's worker moved to "
+            << "server 1 in " << recovered << "\n";
+  EXPECT_EQ(ClientsOn(1), 2);
+}
+#endif  // REDIS_SERVER_BIN
 
 }  // namespace
 }  // namespace broker::testing
