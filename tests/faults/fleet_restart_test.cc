@@ -23,7 +23,6 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdio>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,19 +37,6 @@ namespace {
 
 constexpr int kWorkers = 1000;
 constexpr char kTokenPrefix[] = "fleet-5d1c7a9e-3b2f-4f60-8e41-6a0c2d9b7e13";
-
-// Open descriptors of a process.
-int OpenFiles(pid_t pid) {
-  std::error_code ec;
-  int n = 0;
-  for (std::filesystem::directory_iterator
-           it(absl::StrCat("/proc/", pid, "/fd"), ec),
-       end;
-       !ec && it != end; it.increment(ec)) {
-    ++n;
-  }
-  return n;
-}
 
 // One reading of the server's /metrics, taken at `at`.
 struct Sample {

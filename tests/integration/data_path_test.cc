@@ -343,11 +343,21 @@ TEST_F(DataPathTest, SlowOriginPastTheDeadlineIs504) {
 }
 
 TEST_F(DataPathTest, OriginDyingMidBodyAbortsTheTransfer) {
-  auto r = Get("/die-mid-body/1048576");
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->status, 200);
-  EXPECT_FALSE(r->body_status.ok()) << "a cut body must not end cleanly";
-  EXPECT_LT(r->body.size(), 1048576u);
+  // A first answer leaves a kept-alive origin connection in the worker's
+  // pool: the baseline.
+  ASSERT_TRUE(Get("/bytes/10").ok());
+  const int files = OpenFiles(tunnel_.process->pid());
+  for (int i = 0; i < 3; ++i) {
+    auto r = Get("/die-mid-body/1048576");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200);
+    EXPECT_FALSE(r->body_status.ok()) << "a cut body must not end cleanly";
+    EXPECT_LT(r->body.size(), 1048576u);
+  }
+  // The broken origin connections are not kept.
+  EXPECT_LE(
+      WaitForOpenFilesAtMost(tunnel_.process->pid(), files, absl::Seconds(10)),
+      files);
 }
 
 TEST_F(DataPathTest, HealthchecksAnswer) {
@@ -399,6 +409,7 @@ TEST_F(DataPathTest, TunnelKilledMidRequestFailsFast) {
 
 TEST_F(DataPathTest, WorkerReconnectsAfterAServerRestart) {
   const int tunnel_port = server_.tunnel_port;
+  const int files = OpenFiles(tunnel_.process->pid());
   server_.process->Signal(SIGKILL);
   ASSERT_TRUE(server_.process->Wait(absl::Seconds(10)).ok());
   auto server = StartServer(
@@ -411,6 +422,11 @@ TEST_F(DataPathTest, WorkerReconnectsAfterAServerRestart) {
   auto r = Get("/echo");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->status, 200);
+  // The dead server's connection is not kept beside the new one (the
+  // /echo above may leave one origin connection in the pool).
+  EXPECT_LE(WaitForOpenFilesAtMost(tunnel_.process->pid(), files + 1,
+                                   absl::Seconds(10)),
+            files + 1);
 }
 
 TEST_F(DataPathTest, ServerSigtermFinishesInFlightRequestsThenExitsPromptly) {

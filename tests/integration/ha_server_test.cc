@@ -219,17 +219,24 @@ TEST_F(HaServerTest, KilledWorkerCostsNoGet) {
   AddWorker();
   AddWorker();
   ASSERT_FALSE(HasFatalFailure());
-  SteadyLoad fast({BrokerUrl("/bytes/1024")}, 4);
-  SteadyLoad slow({BrokerUrl("/slow/300")}, 4);  // in flight when one dies
-  EXPECT_TRUE(fast.WaitForMore(200, kWait)) << "the load never started";
-  workers_[1].process->Signal(SIGKILL);
-  // Keep the load on until the survivor has served plenty more.
-  EXPECT_TRUE(fast.WaitForMore(500, kWait)) << "the load stalled";
-  fast.Stop();
-  slow.Stop();
-  EXPECT_EQ(fast.failed(), 0) << fast.first_failure();
-  EXPECT_EQ(slow.failed(), 0) << slow.first_failure();
-  EXPECT_GT(slow.ok(), 0);
+  const int files = OpenFiles(server_.process->pid());
+  {
+    SteadyLoad fast({BrokerUrl("/bytes/1024")}, 4);
+    SteadyLoad slow({BrokerUrl("/slow/300")}, 4);  // in flight when one dies
+    EXPECT_TRUE(fast.WaitForMore(200, kWait)) << "the load never started";
+    workers_[1].process->Signal(SIGKILL);
+    // Keep the load on until the survivor has served plenty more.
+    EXPECT_TRUE(fast.WaitForMore(500, kWait)) << "the load stalled";
+    fast.Stop();
+    slow.Stop();
+    EXPECT_EQ(fast.failed(), 0) << fast.first_failure();
+    EXPECT_EQ(slow.failed(), 0) << slow.first_failure();
+    EXPECT_GT(slow.ok(), 0);
+  }
+  // Nothing of the dead worker is left: its connection is gone, and the
+  // load's with it.
+  EXPECT_LE(WaitForOpenFilesAtMost(server_.process->pid(), files - 1, kWait),
+            files - 1);
 }
 
 // A rolling restart of every worker, one at a time (SIGTERM, wait for the
@@ -238,8 +245,13 @@ TEST_F(HaServerTest, KilledWorkerCostsNoGet) {
 TEST_F(HaServerTest, RollingRestartOfEveryWorkerCostsNoGet) {
   for (int i = 0; i < 3; ++i) AddWorker();
   ASSERT_FALSE(HasFatalFailure());
+  const pid_t server = server_.process->pid();
+  const int files = OpenFiles(server);
   SteadyLoad load({BrokerUrl("/bytes/1024")}, 4);
   EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load never started";
+  // Memory after a warm-up: what the serving itself settles at.
+  EXPECT_TRUE(load.WaitForMore(500, kWait)) << "the load stalled";
+  const long resident = ResidentKiB(server);
   for (std::size_t i = 0; i < 3; ++i) {
     workers_[i].process->Signal(SIGTERM);
     auto exited = workers_[i].process->Wait(kWait);
@@ -252,8 +264,16 @@ TEST_F(HaServerTest, RollingRestartOfEveryWorkerCostsNoGet) {
     workers_[i] = *std::move(again);
     EXPECT_TRUE(load.WaitForMore(100, kWait)) << "the load stalled";
   }
+  EXPECT_TRUE(load.WaitForMore(500, kWait)) << "the load stalled";
+  const long resident_after = ResidentKiB(server);
   load.Stop();
   EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  // Three workers replaced: as many descriptors as with the first three,
+  // and memory where the warm-up left it (the allocator's caches aside).
+  EXPECT_LE(WaitForOpenFilesAtMost(server, files, kWait), files);
+  std::cout << "server resident memory " << resident << " KiB after the "
+            << "warm-up, " << resident_after << " KiB after the restarts\n";
+  EXPECT_LE(resident_after, resident + 4096);
 }
 
 TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {

@@ -1,7 +1,10 @@
 #include "tests/integration/mesh.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 
 #include <cstdlib>
@@ -35,6 +38,44 @@ std::string TempDir::Write(const std::string& name,
   std::string full = path_ + "/" + name;
   std::ofstream(full, std::ios::binary) << contents;
   return full;
+}
+
+int OpenFiles(pid_t pid) {
+  std::error_code ec;
+  int n = 0;
+  for (std::filesystem::directory_iterator
+           it(absl::StrCat("/proc/", pid, "/fd"), ec),
+       end;
+       !ec && it != end; it.increment(ec)) {
+    ++n;
+  }
+  return ec ? -1 : n;
+}
+
+long ResidentKiB(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    long kib = 0;
+    absl::string_view rest = line;
+    if (absl::ConsumePrefix(&rest, "VmRSS:") &&
+        absl::SimpleAtoi(
+            absl::StripSuffix(absl::StripAsciiWhitespace(rest), " kB"),
+            &kib)) {
+      return kib;
+    }
+  }
+  return -1;
+}
+
+int WaitForOpenFilesAtMost(pid_t pid, int most, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  int n = OpenFiles(pid);
+  while (n > most && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    n = OpenFiles(pid);
+  }
+  return n;
 }
 
 absl::StatusOr<int> JsonInt(const std::string& line, const std::string& key) {

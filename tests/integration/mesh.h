@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/types.h>
+
 namespace broker::testing {
 
 struct ServerProcess {
@@ -63,5 +65,14 @@ absl::StatusOr<TunnelProcess> StartTunnel(
 
 // Reads an int member of a JSON line.
 absl::StatusOr<int> JsonInt(const std::string& line, const std::string& key);
+
+// What a process holds, for the fault tests' "nothing leaks": its open
+// descriptors (/proc/<pid>/fd) and resident memory in KiB (VmRSS); -1 when
+// unreadable.
+int OpenFiles(pid_t pid);
+long ResidentKiB(pid_t pid);
+// Waits until `pid` holds at most `most` descriptors (a connection being
+// closed takes a moment to go); returns the last count.
+int WaitForOpenFilesAtMost(pid_t pid, int most, absl::Duration timeout);
 
 }  // namespace broker::testing

@@ -86,6 +86,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   if (pid == 0) {
     dup2(pipe_fds[1], STDOUT_FILENO);
     dup2(err_fds[1], STDERR_FILENO);
+    // Nothing else of the test's: Asio opens sockets without O_CLOEXEC, so
+    // a child would otherwise hold the test's connections (a load's, a
+    // fetcher's) open after the test closed them, and its leak checks
+    // would count them.
+    close_range(3, ~0U, 0);
     // The test may have blocked signals; the child starts clean.
     sigset_t none;
     sigemptyset(&none);

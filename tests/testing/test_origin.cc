@@ -167,6 +167,9 @@ absl::StatusOr<ProcessResult> RunProcess(const std::vector<std::string>& argv,
   };
   posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  // Not the origin's client connections (Asio opens them without
+  // O_CLOEXEC): a CGI must not keep one open after the origin closed it.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   absl::Cleanup destroy_attr = [&attr] { posix_spawnattr_destroy(&attr); };
