@@ -30,7 +30,7 @@ cd "${repo_root}"
 build_dir="${BUILD_DIR:-build-fuzz}"
 jobs="${JOBS:-$(nproc)}"
 read -r -a targets <<<"${FUZZ_TARGETS:-rule_loader_fuzz matcher_fuzz \
-dispatcher_api_fuzz http_ingress_fuzz tunnel_serve_fuzz}"
+dispatcher_api_fuzz http_ingress_fuzz tunnel_serve_fuzz worker_serve_fuzz}"
 
 # -O1 and line tables: fast to build, fast enough to fuzz, and reports
 # still name file:line.

@@ -393,7 +393,21 @@ class ServeLane final
     }
     switch (state) {
       case State::kParked:
-        if (!ok || !in_.has_head()) {
+        if (!ok) {
+          // The server ended the call, or sent what does not parse (the
+          // call may still be open then): either way it is over.
+          context_.TryCancel();
+          Release();
+          return;
+        }
+        if (!in_.has_head()) {
+          // A request starts with its head: a server that sends anything
+          // else is broken, and the lane ends (not left open, uncounted,
+          // until that server ends it) so that a fresh one replaces it.
+          BROKER_LOG(kTunnel, kWarn, {},
+                     "the broker server sent a parked lane something other "
+                     "than a request head; ending the lane");
+          context_.TryCancel();
           Release();
           return;
         }
