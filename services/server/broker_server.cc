@@ -467,12 +467,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                   {{"snyk-request-id", request_id},
                    {"x-broker-failure", "no-connection"}});
     };
-    const bool forwarded = std::any_of(
-        exchange->request().headers.begin(), exchange->request().headers.end(),
-        [](const http::Header& h) {
-          return absl::EqualsIgnoreCase(h.name, kForwardedHeader);
-        });
-    if (dispatcher_ == nullptr || forwarded) {
+    if (dispatcher_ == nullptr || IsForwarded(exchange->request())) {
       no_connection(*exchange);
       return;
     }

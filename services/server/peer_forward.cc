@@ -91,6 +91,13 @@ class AnswerPump final : public std::enable_shared_from_this<AnswerPump> {
 
 }  // namespace
 
+bool IsForwarded(const http::RequestHead& request) {
+  return std::any_of(request.headers.begin(), request.headers.end(),
+                     [](const http::Header& h) {
+                       return absl::EqualsIgnoreCase(h.name, kForwardedHeader);
+                     });
+}
+
 void ForwardToPeer(http::Client& client,
                    std::shared_ptr<http::Exchange> exchange,
                    const std::string& peer_base_url,

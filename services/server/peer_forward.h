@@ -20,6 +20,9 @@ namespace broker::server {
 
 inline constexpr absl::string_view kForwardedHeader = "x-broker-forwarded-by";
 
+// Whether another server forwarded this request here.
+bool IsForwarded(const common::http::RequestHead& request);
+
 // Sends the exchange's request to `peer_base_url` + its target and streams
 // the answer back. Before the answer starts, a failure is answered 502 with
 // `x-broker-failure: error-forwarding`; after, the answer is cut short (an

@@ -3,6 +3,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "services/server/buffered_body.h"
+#include "services/server/peer_forward.h"
 #include "services/server/server_metrics.h"
 
 #include "absl/base/thread_annotations.h"
@@ -506,6 +507,19 @@ class RelayCall final : public LaneListener,
          again = std::move(again)](
             std::optional<TunnelRegistry::Taken> lane) mutable {
           if (!lane) {
+            // A request another server forwarded here, whose workers have
+            // all left this server meanwhile (a drain moving them): say
+            // there is no tunnel here, which makes that server wait for
+            // the workers at home instead of failing the request.
+            if (IsForwarded(exchange->request()) &&
+                !registry.HasWorkers(again.token_hash)) {
+              exchange->RespondSimple(404,
+                                      {{"content-type", "application/json"},
+                                       {"x-broker-failure", "no-connection"},
+                                       {"snyk-request-id", again.request_id}},
+                                      R"({"ok":false})");
+              return;
+            }
             exchange->RespondSimple(502,
                                     {{"content-type", "application/json"},
                                      {"x-broker-failure", "tunnel-error"},

@@ -35,7 +35,10 @@
 namespace broker::testing {
 namespace {
 
-constexpr int kWorkers = 1000;
+// The figure is for the optimised build; under AddressSanitizer a fleet of
+// 1,000 in one process is several times slower than 1,000 real workers
+// would be, so a fifth of it checks the same behaviour there.
+constexpr int kWorkers = kUnderSanitizer ? 200 : 1000;
 constexpr char kTokenPrefix[] = "fleet-5d1c7a9e-3b2f-4f60-8e41-6a0c2d9b7e13";
 
 // One reading of the server's /metrics, taken at `at`.
@@ -187,7 +190,8 @@ TEST_F(FleetRestartTest, NinetyNinePercentAreBackWithinTwoSeconds) {
 }
 
 TEST_F(FleetRestartTest, TheHerdIsAdmittedNoFasterThanTheCap) {
-  constexpr int kPerSecond = 250;  // a burst of 250, then 250 per second
+  // A burst of a quarter of the fleet, then a quarter per second.
+  constexpr int kPerSecond = kWorkers / 4;
   const absl::Time listening = RestartServer(
       {{"BROKER_TUNNEL_ADMIT_PER_SECOND", std::to_string(kPerSecond)}});
   // Refused workers back off up to 10 s between tries.
@@ -213,7 +217,7 @@ TEST_F(FleetRestartTest, TheHerdIsAdmittedNoFasterThanTheCap) {
           << "between readings " << i << " and " << j;
     }
   }
-  // At the cap, 1,000 take at least (1000 - 250) / 250 = 3 s.
+  // At the cap, the fleet takes at least (4 - 1) quarters = 3 s.
   EXPECT_GE(all, absl::Seconds(2.5));
   ExpectSampleServes();
 }

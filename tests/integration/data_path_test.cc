@@ -407,6 +407,23 @@ TEST_F(DataPathTest, TunnelKilledMidRequestFailsFast) {
   EXPECT_LT(absl::Now() - killed, absl::Seconds(15));
 }
 
+// The same GET forwarded here by another server (HA): with no worker of
+// the token left here, the answer says so (404 no-connection), which makes
+// the forwarding server wait for the workers at home instead of failing.
+TEST_F(DataPathTest, ForwardedRequestWhoseWorkersAllLeftIs404NoConnection) {
+  absl::StatusOr<Fetched> result;
+  std::thread request([&] {
+    result = Get("/slow/20000", {{"x-broker-forwarded-by", "1"}});
+  });
+  ASSERT_TRUE(
+      origin_->WaitForLine("request GET /slow/20000", absl::Seconds(10)).ok());
+  tunnel_.process->Signal(SIGKILL);
+  request.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->status, 404) << result->body;
+  EXPECT_EQ(result->Header("x-broker-failure"), "no-connection");
+}
+
 TEST_F(DataPathTest, WorkerReconnectsAfterAServerRestart) {
   const int tunnel_port = server_.tunnel_port;
   const int files = OpenFiles(tunnel_.process->pid());
