@@ -60,8 +60,7 @@ long ResidentKiB(pid_t pid) {
     absl::string_view rest = line;
     if (absl::ConsumePrefix(&rest, "VmRSS:") &&
         absl::SimpleAtoi(
-            absl::StripSuffix(absl::StripAsciiWhitespace(rest), " kB"),
-            &kib)) {
+            absl::StripSuffix(absl::StripAsciiWhitespace(rest), " kB"), &kib)) {
       return kib;
     }
   }
