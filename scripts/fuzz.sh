@@ -12,7 +12,7 @@
 # from any directory.
 #
 # Environment: BUILD_DIR (default build-fuzz, relative to the repository
-# root), JOBS (parallel build jobs, default: nproc), FUZZ_ARGS (extra
+# root; one configured with BROKER_FUZZ=ON is not reconfigured), JOBS (parallel build jobs, default: nproc), FUZZ_ARGS (extra
 # libFuzzer flags, e.g. "-fork=1 -ignore_crashes=1" to keep fuzzing past a
 # known crash and collect every distinct one), FUZZ_TARGETS (space-separated
 # subset of the targets, e.g. "tunnel_serve_fuzz").
@@ -32,13 +32,17 @@ jobs="${JOBS:-$(nproc)}"
 read -r -a targets <<<"${FUZZ_TARGETS:-rule_loader_fuzz matcher_fuzz \
 dispatcher_api_fuzz http_ingress_fuzz tunnel_serve_fuzz worker_serve_fuzz}"
 
-# -O1 and line tables: fast to build, fast enough to fuzz, and reports
-# still name file:line.
-CC=clang CXX=clang++ cmake -S . -B "${build_dir}" -G Ninja \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
-  -DBROKER_FUZZ=ON -DBROKER_BENCH=OFF \
-  >/dev/null
+# A build directory already configured with BROKER_FUZZ=ON is used as it is
+# (CI's build/asan, which also runs the tests). Otherwise: -O1 and line
+# tables, fast to build, fast enough to fuzz, and reports still name
+# file:line.
+if ! grep -q '^BROKER_FUZZ:BOOL=ON$' "${build_dir}/CMakeCache.txt" 2>/dev/null; then
+  CC=clang CXX=clang++ cmake -S . -B "${build_dir}" -G Ninja \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
+    -DBROKER_FUZZ=ON -DBROKER_BENCH=OFF \
+    >/dev/null
+fi
 cmake --build "${build_dir}" --target "${targets[@]}" -j "${jobs}"
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
