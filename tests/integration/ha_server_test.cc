@@ -5,6 +5,7 @@
 #include "tests/integration/http_fetch.h"
 #include "tests/integration/mesh.h"
 #include "tests/integration/steady_load.h"
+#include "tests/testing/sanitizers.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -273,7 +274,11 @@ TEST_F(HaServerTest, RollingRestartOfEveryWorkerCostsNoGet) {
   EXPECT_LE(WaitForOpenFilesAtMost(server, files, kWait), files);
   std::cout << "server resident memory " << resident << " KiB after the "
             << "warm-up, " << resident_after << " KiB after the restarts\n";
-  EXPECT_LE(resident_after, resident + 4096);
+  // Under AddressSanitizer memory only grows (its quarantine keeps freed
+  // blocks), so the figure means something in the optimised build only.
+  if (!kUnderSanitizer) {
+    EXPECT_LE(resident_after, resident + 4096);
+  }
 }
 
 TEST_F(HaServerTest, FrozenWorkerIsDroppedWithinTwoSecondsAndNoGetIsLost) {
