@@ -30,7 +30,8 @@ cd "${repo_root}"
 build_dir="${BUILD_DIR:-build-fuzz}"
 jobs="${JOBS:-$(nproc)}"
 read -r -a targets <<<"${FUZZ_TARGETS:-rule_loader_fuzz matcher_fuzz \
-dispatcher_api_fuzz http_ingress_fuzz tunnel_serve_fuzz worker_serve_fuzz}"
+dispatcher_api_fuzz http_ingress_fuzz tunnel_serve_fuzz worker_serve_fuzz \
+webhook_ingress_fuzz}"
 
 # A build directory already configured with BROKER_FUZZ=ON is used as it is
 # (CI's build/asan, which also runs the tests). Otherwise: -O1 and line
