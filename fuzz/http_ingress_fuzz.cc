@@ -29,34 +29,22 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-#include <algorithm>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
-#include <poll.h>
 #include <set>
 #include <string>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include "fuzz/loopback.h"
 
 namespace broker::common::http {
 namespace {
 
 constexpr std::uint64_t kMaxBody = 64 * 1024;
 
-[[noreturn]] void Fail(const char* what, absl::string_view detail) {
-  std::fprintf(stderr, "invariant broken: %s: %.*s\n", what,
-               static_cast<int>(std::min<size_t>(detail.size(), 2000)),
-               detail.data());
-  std::abort();
-}
+using ::broker::fuzz::Fail;
 
 // Reads the whole body, then answers 200 with its length.
 void ReadAll(std::shared_ptr<Exchange> exchange, std::uint64_t so_far) {
@@ -102,49 +90,6 @@ Ingress& TheIngress() {
   return *ingress;
 }
 
-// Sends `bytes`, half-closes, and returns everything until the server
-// closes; aborts if it does not within 5 s.
-std::string SendAndRead(int port, absl::string_view bytes) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) Fail("socket", "");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<std::uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
-              sizeof(address)) != 0) {
-    Fail("connect", std::strerror(errno));
-  }
-  size_t sent = 0;
-  while (sent < bytes.size()) {
-    const ssize_t n =
-        send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // the server answered and closed early
-    sent += static_cast<size_t>(n);
-  }
-  shutdown(fd, SHUT_WR);
-  std::string received;
-  const absl::Time deadline = absl::Now() + absl::Seconds(5);
-  char chunk[8192];
-  while (true) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      Fail("the server kept a half-closed connection open", received);
-    }
-    pollfd p{fd, POLLIN, 0};
-    const int ready =
-        poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
-    if (ready <= 0) continue;
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    received.append(chunk, static_cast<size_t>(n));
-  }
-  close(fd);
-  return received;
-}
-
 // Every answer in `received` starts with a well-formed status line whose
 // status the server documents. Answers are found by their status lines
 // (bodies here are short and never contain one).
@@ -173,7 +118,9 @@ void CheckAnswers(absl::string_view received) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
                                       std::size_t size) {
   const absl::string_view input(reinterpret_cast<const char*>(data), size);
-  broker::common::http::CheckAnswers(broker::common::http::SendAndRead(
-      broker::common::http::TheIngress().port, input));
+  // Half-closed: the server must not keep the session alive (5 s).
+  broker::common::http::CheckAnswers(broker::fuzz::Exchange(
+      broker::common::http::TheIngress().port, input, absl::Seconds(5),
+      /*close_write_side=*/true));
   return 0;
 }

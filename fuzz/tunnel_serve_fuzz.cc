@@ -36,24 +36,17 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-#include <algorithm>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <memory>
-#include <poll.h>
 #include <string>
 #include <thread>
 #include <unistd.h>
 
-#include <arpa/inet.h>
+#include "fuzz/loopback.h"
 #include <fuzzer/FuzzedDataProvider.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 namespace broker::server {
 namespace {
@@ -68,12 +61,7 @@ constexpr char kClientId[] = "5b0b4c55-1d7e-4d43-9c4a-8f1f7f0c2a11";
 constexpr absl::Duration kRequestTimeout = absl::Seconds(1);
 constexpr absl::Duration kAnswerLimit = absl::Seconds(15);
 
-[[noreturn]] void Fail(const char* what, absl::string_view detail) {
-  std::fprintf(stderr, "invariant broken: %s: %.*s\n", what,
-               static_cast<int>(std::min<size_t>(detail.size(), 2000)),
-               detail.data());
-  std::abort();
-}
+using ::broker::fuzz::Fail;
 
 // The server, and the worker's Control call that keeps its token
 // connected, for the whole run.
@@ -146,53 +134,10 @@ class PlatformRequest {
 
  private:
   void Run(int port, const std::string& request) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) Fail("socket", std::strerror(errno));
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<std::uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
-                sizeof(address)) != 0) {
-      Fail("connect", std::strerror(errno));
-    }
     // The server reads the body as the relay streams it; a stalled send
     // past the limit is a hang too.
-    const absl::Time deadline = absl::Now() + kAnswerLimit;
-    size_t sent = 0;
-    while (sent < request.size()) {
-      const absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) {
-        Fail("the server neither read the request nor closed", request);
-      }
-      pollfd p{fd, POLLOUT, 0};
-      if (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) <=
-          0) {
-        continue;
-      }
-      const ssize_t n = send(fd, request.data() + sent, request.size() - sent,
-                             MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) break;  // answered and closed before the body was in
-      sent += static_cast<size_t>(n);
-    }
-    std::string received;
-    char chunk[8192];
-    while (true) {
-      const absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) {
-        Fail("a platform request was neither answered nor closed", received);
-      }
-      pollfd p{fd, POLLIN, 0};
-      const int ready =
-          poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
-      if (ready <= 0) continue;
-      const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      received.append(chunk, static_cast<size_t>(n));
-    }
-    close(fd);
+    const std::string received = ::broker::fuzz::Exchange(
+        port, request, kAnswerLimit, /*close_write_side=*/false);
     if (!received.empty() && !absl::StartsWith(received, "HTTP/1.1 ")) {
       Fail("the answer does not start with a status line", received);
     }

@@ -42,7 +42,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <fstream>
@@ -51,6 +50,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include "fuzz/loopback.h"
 #include <fuzzer/FuzzedDataProvider.h>
 
 namespace broker::tunnel {
@@ -64,12 +64,7 @@ namespace v1 = ::broker::tunnel::v1;
 constexpr absl::Duration kRequestTimeout = absl::Seconds(1);
 constexpr absl::Duration kAnswerLimit = absl::Seconds(15);
 
-[[noreturn]] void Fail(const char* what, absl::string_view detail) {
-  std::fprintf(stderr, "invariant broken: %s: %.*s\n", what,
-               static_cast<int>(std::min<size_t>(detail.size(), 2000)),
-               detail.data());
-  std::abort();
-}
+using ::broker::fuzz::Fail;
 
 // A Serve call the worker opened and parked, held by its handler thread
 // until the script is done with it.
