@@ -14,13 +14,15 @@ TokenBucket::TokenBucket(double per_second, double burst, Clock& clock)
 bool TokenBucket::TryTake() {
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);
-  // A clock stepping back refills nothing (and takes nothing away).
+  // A clock stepping back refills nothing, and refilling goes on from the
+  // new time (not after the clock has caught up again, which would stop
+  // admissions for as long as the step).
   if (now > refilled_at_) {
     tokens_ =
         std::min(burst_, tokens_ + absl::ToDoubleSeconds(now - refilled_at_) *
                                        per_second_);
-    refilled_at_ = now;
   }
+  refilled_at_ = now;
   if (tokens_ < 1) return false;
   tokens_ -= 1;
   return true;

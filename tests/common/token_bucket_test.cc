@@ -33,14 +33,16 @@ TEST(TokenBucketTest, NeverHoldsMoreThanTheBurst) {
   EXPECT_EQ(TakeAll(bucket), 3);
 }
 
-TEST(TokenBucketTest, AClockSteppingBackRefillsNothing) {
+TEST(TokenBucketTest, AClockSteppingBackRefillsNothingThenGoesOn) {
   ManualClock clock(absl::UnixEpoch() + absl::Hours(1));
   TokenBucket bucket(/*per_second=*/10, /*burst=*/2, clock);
   EXPECT_EQ(TakeAll(bucket), 2);
-  clock.Set(absl::UnixEpoch());
+  clock.Set(absl::UnixEpoch());  // an hour back
   EXPECT_FALSE(bucket.TryTake());
-  clock.Set(absl::UnixEpoch() + absl::Hours(1) + absl::Milliseconds(100));
+  // Refilling resumes from the new time, not an hour later.
+  clock.Advance(absl::Milliseconds(100));
   EXPECT_TRUE(bucket.TryTake());
+  EXPECT_FALSE(bucket.TryTake());
 }
 
 }  // namespace
