@@ -463,9 +463,7 @@ class DefaultBrokerServer final : public BrokerServer, public WorkerEvents {
                     const std::string& token_hash,
                     const std::string& request_id) {
     auto no_connection = [request_id](http::Exchange& e) {
-      RespondJson(e, 404, {{"ok", false}},
-                  {{"snyk-request-id", request_id},
-                   {"x-broker-failure", "no-connection"}});
+      RespondNoConnection(e, request_id);
     };
     if (dispatcher_ == nullptr || IsForwarded(exchange->request())) {
       no_connection(*exchange);

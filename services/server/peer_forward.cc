@@ -98,6 +98,15 @@ bool IsForwarded(const http::RequestHead& request) {
                      });
 }
 
+void RespondNoConnection(http::Exchange& exchange,
+                         absl::string_view request_id) {
+  exchange.RespondSimple(404,
+                         {{"content-type", "application/json; charset=utf-8"},
+                          {"snyk-request-id", std::string(request_id)},
+                          {"x-broker-failure", "no-connection"}},
+                         R"({"ok":false})");
+}
+
 void ForwardToPeer(http::Client& client,
                    std::shared_ptr<http::Exchange> exchange,
                    const std::string& peer_base_url,

@@ -23,6 +23,12 @@ inline constexpr absl::string_view kForwardedHeader = "x-broker-forwarded-by";
 // Whether another server forwarded this request here.
 bool IsForwarded(const common::http::RequestHead& request);
 
+// The answer of a server without a tunnel for the request's token: 404
+// {"ok":false} with `x-broker-failure: no-connection` (the behaviour
+// reference's), which is also what makes ForwardToPeer's `tunnel_moved` run.
+void RespondNoConnection(common::http::Exchange& exchange,
+                         absl::string_view request_id);
+
 // Sends the exchange's request to `peer_base_url` + its target and streams
 // the answer back. Before the answer starts, a failure is answered 502 with
 // `x-broker-failure: error-forwarding`; after, the answer is cut short (an

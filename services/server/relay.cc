@@ -55,6 +55,16 @@ bool MayResend(const http::RequestHead& request, const RelayRequest& relay) {
   return safe && bodiless;
 }
 
+// The answer to a request whose tunnel broke before its answer started.
+void RespondTunnelError(http::Exchange& exchange,
+                        absl::string_view request_id) {
+  exchange.RespondSimple(502,
+                         {{"content-type", "application/json"},
+                          {"x-broker-failure", "tunnel-error"},
+                          {"snyk-request-id", std::string(request_id)}},
+                         R"({"ok":false,"code":"TUNNEL_ERROR"})");
+}
+
 class RelayCall final : public LaneListener,
                         public std::enable_shared_from_this<RelayCall> {
  public:
@@ -463,14 +473,15 @@ class RelayCall final : public LaneListener,
       // Head sent (or being sent): end as a truncated transfer.
       if (writer != nullptr) writer->Abort();
     } else {
-      const bool timeout = status.code() == absl::StatusCode::kDeadlineExceeded;
-      exchange_->RespondSimple(
-          timeout ? 504 : 502,
-          {{"content-type", "application/json"},
-           {"x-broker-failure", timeout ? "timeout" : "tunnel-error"},
-           {"snyk-request-id", request_.request_id}},
-          timeout ? R"({"ok":false,"code":"TIMEOUT"})"
-                  : R"({"ok":false,"code":"TUNNEL_ERROR"})");
+      if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+        exchange_->RespondSimple(504,
+                                 {{"content-type", "application/json"},
+                                  {"x-broker-failure", "timeout"},
+                                  {"snyk-request-id", request_.request_id}},
+                                 R"({"ok":false,"code":"TIMEOUT"})");
+      } else {
+        RespondTunnelError(*exchange_, request_.request_id);
+      }
     }
     End(status);
   }
@@ -513,18 +524,10 @@ class RelayCall final : public LaneListener,
             // the workers at home instead of failing the request.
             if (IsForwarded(exchange->request()) &&
                 !registry.HasWorkers(again.token_hash)) {
-              exchange->RespondSimple(404,
-                                      {{"content-type", "application/json"},
-                                       {"x-broker-failure", "no-connection"},
-                                       {"snyk-request-id", again.request_id}},
-                                      R"({"ok":false})");
+              RespondNoConnection(*exchange, again.request_id);
               return;
             }
-            exchange->RespondSimple(502,
-                                    {{"content-type", "application/json"},
-                                     {"x-broker-failure", "tunnel-error"},
-                                     {"snyk-request-id", again.request_id}},
-                                    R"({"ok":false,"code":"TUNNEL_ERROR"})");
+            RespondTunnelError(*exchange, again.request_id);
             return;
           }
           StartRelay(io, registry, *std::move(lane), std::move(exchange),
