@@ -55,8 +55,13 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = net::ip::tcp;
 
-// Largest chunk handed out by the response body reader.
+// Largest chunk the parser hands out (Beast reads at most 64 KiB at a time).
 constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
+// Largest chunk of a Content-Length body read past the parser, straight
+// from the socket into the chunk handed out: a 1 GiB answer then costs a
+// quarter of the reads, tunnel messages and thread hand-offs, and two
+// fewer copies of each byte.
+constexpr std::size_t kDirectChunkBytes = std::size_t{256} * 1024;
 // Largest response head accepted from an origin.
 constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 // Timer durations beyond this are treated as "never" (std::chrono overflow).
@@ -806,6 +811,7 @@ class Call : public std::enable_shared_from_this<Call> {
     // a body arrives in 512-byte reads.
     connection_->buffer.reserve(kChunkBytes);
     parser_.emplace();
+    direct_remaining_.reset();
     parser_->header_limit(kHeaderLimit);
     // No limit. Not boost::none: Beast 1.74 compares `len > optional` in
     // basic_parser.ipp, which is true for none.
@@ -853,6 +859,18 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void ReadSomeBody() {
+    // Once the parser's buffer is drained, what is left of a Content-Length
+    // body is plain bytes up to a known end: read them without the parser.
+    if (!direct_remaining_.has_value() && !parser_->chunked() &&
+        connection_->buffer.size() == 0) {
+      if (auto left = parser_->content_length_remaining()) {
+        direct_remaining_ = *left;
+      }
+    }
+    if (direct_remaining_.has_value() && *direct_remaining_ > 0) {
+      ReadBodyDirect();
+      return;
+    }
     auto& body = parser_->get().body();
     std::vector<char>& read_buffer = connection_->body_buffer;
     if (read_buffer.empty()) read_buffer.resize(kChunkBytes);
@@ -901,6 +919,46 @@ class Call : public std::enable_shared_from_this<Call> {
     std::move(handler)(absl::OkStatus(), std::move(chunk));
   }
 
+  void ReadBodyDirect() {
+    direct_chunk_.resize(static_cast<std::size_t>(
+        std::min<std::uint64_t>(*direct_remaining_, kDirectChunkBytes)));
+    WithStream([&](auto& stream) {
+      stream.async_read_some(
+          net::buffer(direct_chunk_),
+          [self = shared_from_this()](const beast::error_code& ec,
+                                      std::size_t bytes) {
+            self->OnDirectBodyRead(ec, bytes);
+          });
+    });
+  }
+
+  void OnDirectBodyRead(const beast::error_code& ec, std::size_t bytes) {
+    if (abandoned_) return;
+    if (ec || !body_status_.ok()) {
+      if (body_status_.ok()) {
+        body_status_ =
+            ec == net::error::eof || ec == ssl::error::stream_truncated
+                ? absl::UnknownError(absl::StrCat(
+                      "response body from ", target_.where,
+                      ": the connection closed before the body ended"))
+                : MapError(ec, "read response body from", target_.where);
+      }
+      Close();
+      auto handler = std::move(pending_read_);
+      pending_read_ = nullptr;
+      std::move(handler)(body_status_, BodyChunk{});
+      return;
+    }
+    *direct_remaining_ -= bytes;
+    body_done_ = *direct_remaining_ == 0;
+    direct_chunk_.resize(bytes);
+    BodyChunk chunk{std::exchange(direct_chunk_, {}), body_done_};
+    if (body_done_) Completed();
+    auto handler = std::move(pending_read_);
+    pending_read_ = nullptr;
+    std::move(handler)(absl::OkStatus(), std::move(chunk));
+  }
+
   const net::strand<net::io_context::executor_type> strand_;
   const std::shared_ptr<ssl::context> tls_context_;
   const std::shared_ptr<const ClientOptions> options_;
@@ -924,6 +982,9 @@ class Call : public std::enable_shared_from_this<Call> {
   std::uint64_t body_sent_ = 0;
 
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
+  // Set once a Content-Length body is read past the parser: its bytes left.
+  std::optional<std::uint64_t> direct_remaining_;
+  std::string direct_chunk_;  // the direct read in progress
   BodyReader::ReadHandler pending_read_;
   bool body_done_ = false;
   absl::Status body_status_;

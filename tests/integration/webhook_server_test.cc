@@ -439,7 +439,7 @@ TEST_F(WebhookServerTest, BigAnswerIsNotReplayed) {
   EXPECT_EQ(first.body(), TestPattern(0, 200000));
   EXPECT_TRUE(first.ended_cleanly());
   for (const v1::DeliverDown& m : first.messages) {
-    EXPECT_LE(m.ByteSizeLong(), (64U << 10) + 64U);
+    EXPECT_LE(m.ByteSizeLong(), (256U << 10) + 64U);
   }
   Answer retry = Deliver(WithId(id, 2), "/bytes/200000?case=big", "");
   ASSERT_TRUE(retry.failed());

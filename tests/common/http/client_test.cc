@@ -53,6 +53,9 @@ using ::testing::Not;
 // Upper bound of every wait: generous, for a loaded 2-core machine.
 constexpr absl::Duration kWait = absl::Seconds(120);
 constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
+// Largest chunk of a response body with Content-Length (read past the
+// parser, straight from the socket).
+constexpr std::size_t kResponseChunkBytes = std::size_t{256} * 1024;
 constexpr std::uint64_t k100MiB = std::uint64_t{100} << 20;
 
 // An io_context run by two threads, like the broker's executor.
@@ -136,13 +139,13 @@ absl::StatusOr<BodyChunk> ReadChunk(BodyReader& reader) {
   return std::move(state->chunk);
 }
 
-// The whole body; every chunk must be at most 64 KiB.
+// The whole body; every chunk must be at most 256 KiB.
 absl::StatusOr<std::string> ReadAll(BodyReader& reader) {
   std::string out;
   for (;;) {
     absl::StatusOr<BodyChunk> chunk = ReadChunk(reader);
     if (!chunk.ok()) return chunk.status();
-    EXPECT_LE(chunk->data.size(), kChunkBytes);
+    EXPECT_LE(chunk->data.size(), kResponseChunkBytes);
     out += chunk->data;
     if (chunk->last) return out;
   }
@@ -522,7 +525,7 @@ TEST_F(ClientTest, LargeResponseIsPulledChunkByChunk) {
   while (!last) {
     absl::StatusOr<BodyChunk> chunk = ReadChunk(*response.body);
     ASSERT_THAT(chunk, IsOk());
-    ASSERT_LE(chunk->data.size(), kChunkBytes);
+    ASSERT_LE(chunk->data.size(), kResponseChunkBytes);
     ASSERT_TRUE(chunk->data == TestPattern(offset, chunk->data.size()))
         << "at offset " << offset;
     offset += chunk->data.size();
@@ -530,7 +533,7 @@ TEST_F(ClientTest, LargeResponseIsPulledChunkByChunk) {
     ++chunks;
   }
   EXPECT_EQ(offset, k100MiB);
-  EXPECT_GE(chunks, static_cast<int>(k100MiB / kChunkBytes));
+  EXPECT_GE(chunks, static_cast<int>(k100MiB / kResponseChunkBytes));
   // After `last`, the reader keeps answering `last`.
   absl::StatusOr<BodyChunk> after = ReadChunk(*response.body);
   ASSERT_THAT(after, IsOk());
@@ -779,6 +782,22 @@ TEST_F(ClientTest, KeepAliveConnectionsAreReused) {
   ASSERT_NE(response.body, nullptr);
   EXPECT_THAT(ReadAll(*response.body), IsOk());
   EXPECT_EQ(origin_->request_count(), 6U);
+  EXPECT_EQ(origin_->accepted_connections(), 1);
+}
+
+// A Content-Length body read past the parser ends exactly at its length:
+// the connection goes back to the pool and the next answer parses.
+TEST_F(ClientTest, AConnectionIsReusedAfterALargeBody) {
+  for (const std::uint64_t size :
+       {std::uint64_t{3} << 20, std::uint64_t{1000}, std::uint64_t{700000}}) {
+    SCOPED_TRACE(size);
+    ClientResponse response =
+        Call(MakeRequest("GET", origin_->Url(absl::StrCat("/bytes/", size))));
+    ASSERT_NE(response.body, nullptr);
+    absl::StatusOr<std::string> body = ReadAll(*response.body);
+    ASSERT_THAT(body, IsOk());
+    EXPECT_TRUE(*body == TestPattern(0, size)) << "body differs";
+  }
   EXPECT_EQ(origin_->accepted_connections(), 1);
 }
 
