@@ -36,7 +36,7 @@ namespace broker::fuzz {
 // Connects to 127.0.0.1:`port`, sends `request` (stopping early if the
 // server answers and closes first), half-closes when `close_write_side`,
 // and returns everything received until the server closes. Aborts if
-// sending or the close take longer than `limit`: a hang.
+// connecting, sending or the close take longer than `limit`: a hang.
 inline std::string Exchange(int port, absl::string_view request,
                             absl::Duration limit, bool close_write_side) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -45,10 +45,6 @@ inline std::string Exchange(int port, absl::string_view request,
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<std::uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
-              sizeof(address)) != 0) {
-    Fail("connect", std::strerror(errno));
-  }
   const absl::Time deadline = absl::Now() + limit;
   auto wait_for = [&](short events, const char* hang,
                       absl::string_view so_far) {
@@ -62,6 +58,20 @@ inline std::string Exchange(int port, absl::string_view request,
       }
     }
   };
+  // libFuzzer's -timeout watchdog is a SIGALRM every few seconds: a
+  // connect it interrupts goes on in the background (connect(2), EINTR),
+  // so wait for it and read its outcome rather than report a failure.
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
+              sizeof(address)) != 0) {
+    if (errno != EINTR) Fail("connect", std::strerror(errno));
+    wait_for(POLLOUT, "the interrupted connect never completed", "");
+    int error = 0;
+    socklen_t length = sizeof(error);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+      error = errno;
+    }
+    if (error != 0) Fail("connect", std::strerror(error));
+  }
   std::size_t sent = 0;
   while (sent < request.size()) {
     wait_for(POLLOUT, "the server neither read the request nor closed",
