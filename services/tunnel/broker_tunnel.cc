@@ -185,6 +185,31 @@ class Worker final : public BrokerTunnel {
     return generation_;
   }
 
+  // Held as the first member of every call object (Control, lanes) so that
+  // it counts from construction to the end of destruction. A reactor's
+  // OnDone tells the worker it is over and then deletes itself, and the
+  // ClientContext it destroys drops gRPC's last reference to the call,
+  // and with it one to gRPC's callback completion queue. Shutdown() waits
+  // for every call object to be gone: a process that exits (tearing gRPC
+  // down) while a gRPC thread is still releasing a call frees that queue
+  // twice.
+  class CallObject {
+   public:
+    explicit CallObject(Worker& worker) : worker_(worker) {
+      absl::MutexLock lock(&worker_.call_objects_mu_);
+      ++worker_.call_objects_;
+    }
+    ~CallObject() {
+      absl::MutexLock lock(&worker_.call_objects_mu_);
+      --worker_.call_objects_;
+    }
+    CallObject(const CallObject&) = delete;
+    CallObject& operator=(const CallObject&) = delete;
+
+   private:
+    Worker& worker_;
+  };
+
   filters::RuleSetHolder& rules() { return rules_; }
   const filters::OriginResolver& resolver() const { return resolver_; }
   http::Client& client() { return *client_; }
@@ -230,6 +255,9 @@ class Worker final : public BrokerTunnel {
   bool AllLanesEnded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return lanes_alive_ == 0;
   }
+  bool CallObjectsGone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(call_objects_mu_) {
+    return call_objects_ == 0;
+  }
 
   const TunnelConfig config_;
   // Before everything that counts into it (channels, servers, calls).
@@ -239,6 +267,11 @@ class Worker final : public BrokerTunnel {
   // Null when metrics are disabled: then no interceptor is registered.
   std::unique_ptr<common::rpc::RpcMetrics> client_rpcs_;
   std::unique_ptr<common::rpc::RpcMetrics> server_rpcs_;
+  // Before the executor and the channels, whose handlers and threads may
+  // release the last call objects. Its own lock: a call object may be
+  // destroyed where mu_ is held.
+  mutable absl::Mutex call_objects_mu_;
+  int call_objects_ ABSL_GUARDED_BY(call_objects_mu_) = 0;
   common::Executor executor_;
   filters::RuleSetHolder rules_;
   filters::OriginResolver resolver_;
@@ -290,7 +323,10 @@ class ControlCall final
  public:
   ControlCall(Worker& worker, v1::Tunnel::Stub& stub, const std::string& token,
               const std::string& client_id, v1::WorkerControl hello)
-      : worker_(worker), stub_(stub), hello_(std::move(hello)) {
+      : counted_(worker),
+        worker_(worker),
+        stub_(stub),
+        hello_(std::move(hello)) {
     context_.AddMetadata("authorization", "Bearer " + token);
     context_.AddMetadata("x-broker-client-id", client_id);
   }
@@ -330,6 +366,7 @@ class ControlCall final
   void Cancel() { context_.TryCancel(); }
 
  private:
+  const Worker::CallObject counted_;  // first: destroyed last
   Worker& worker_;
   v1::Tunnel::Stub& stub_;
   std::shared_ptr<ControlCall> self_;
@@ -538,7 +575,7 @@ class ServeLane final
   enum class State { kParked, kActive, kWatching, kEnding, kDone };
 
   ServeLane(Worker& worker, int generation)
-      : worker_(worker), generation_(generation) {}
+      : counted_(worker), worker_(worker), generation_(generation) {}
 
   // Queues a write; `then` runs when it completed (ok=false: call broken).
   // Operations start under mu_, and only before Release() removed the hold
@@ -918,6 +955,7 @@ class ServeLane final
         });
   }
 
+  const Worker::CallObject counted_;  // first: destroyed last
   Worker& worker_;
   const int generation_;  // of the tunnel this lane belongs to
   std::shared_ptr<ServeLane> self_;
@@ -1517,6 +1555,16 @@ void Worker::Shutdown(absl::Time deadline) {
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithDeadline(absl::Condition(this, &Worker::AllLanesEnded),
                           deadline + absl::Seconds(1));
+  }
+  {
+    // A call that ended may not be destroyed yet: see CallObject.
+    absl::MutexLock lock(&call_objects_mu_);
+    if (!call_objects_mu_.AwaitWithDeadline(
+            absl::Condition(this, &Worker::CallObjectsGone),
+            deadline + absl::Seconds(1))) {
+      BROKER_LOG(kTunnel, kWarn, {{"calls", call_objects_}},
+                 "stopping with tunnel calls not yet released");
+    }
   }
   executor_.Stop();
 }

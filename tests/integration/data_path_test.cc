@@ -462,6 +462,22 @@ TEST_F(DataPathTest, ServerSigtermFinishesInFlightRequestsThenExitsPromptly) {
   EXPECT_EQ(*server_exit, 0);
 }
 
+// The worker retries a server that is gone; stopping it then ends its
+// last calls before the process exits (under AddressSanitizer, an exit
+// that tears gRPC down while a call is still being released is a double
+// free: exit status 134).
+TEST_F(DataPathTest, WorkerWhoseServerIsGoneExitsCleanlyOnSigterm) {
+  server_.process->Signal(SIGKILL);
+  ASSERT_TRUE(server_.process->Wait(absl::Seconds(10)).ok());
+  ASSERT_TRUE(tunnel_.process
+                  ->WaitForLine("was closed; reconnecting", absl::Seconds(10))
+                  .ok());
+  tunnel_.process->Signal(SIGTERM);
+  auto tunnel_exit = tunnel_.process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(tunnel_exit.ok()) << tunnel_exit.status();
+  EXPECT_EQ(*tunnel_exit, 0);
+}
+
 TEST_F(DataPathTest, SigtermExitsCleanly) {
   tunnel_.process->Signal(SIGTERM);
   auto tunnel_exit = tunnel_.process->Wait(absl::Seconds(20));
