@@ -180,6 +180,10 @@ std::uint64_t Nanos(Clock::duration d) {
 // --- Results
 // ------------------------------------------------------------------
 
+// GETs sent again because the keep-alive connection they went out on had
+// been closed by the server while idle (all threads).
+std::atomic<std::uint64_t> g_stale_connection_retries{0};
+
 // What a request-rate run counted. One per thread, merged at the end.
 struct Counts {
   Histogram latency;  // nanoseconds, every answered or failed request
@@ -232,6 +236,8 @@ json CountsJson(const Counts& counts, double window_seconds) {
               {"non_2xx", counts.non_2xx},
               {"non_2xx_statuses", statuses},
               {"io_errors", counts.io_errors},
+              {"stale_connection_retries",
+               g_stale_connection_retries.load(std::memory_order_relaxed)},
               {"errors", counts.non_2xx + counts.io_errors},
               {"seconds", window_seconds},
               {"req_per_s", window_seconds > 0
@@ -253,7 +259,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   Connection(net::io_context& io, tcp::resolver::results_type endpoints,
              const std::string& request)
-      : stream_(io), endpoints_(std::move(endpoints)), request_(request) {}
+      : stream_(io),
+        endpoints_(std::move(endpoints)),
+        request_(request),
+        may_resend_(absl::StartsWith(request, "GET ")) {}
 
   void Connect(std::function<void(bool)> done) {
     stream_.async_connect(
@@ -273,36 +282,63 @@ class Connection : public std::enable_shared_from_this<Connection> {
           done(false, 0);
           return;
         }
-        self->Send(done);
+        self->Write(done, /*waited=*/false);
       });
       return;
     }
-    net::async_write(stream_, net::buffer(request_),
-                     [self = shared_from_this(), done = std::move(done)](
-                         const beast::error_code& ec, std::size_t /*bytes*/) {
-                       if (ec) {
-                         self->Fail(done);
-                         return;
-                       }
-                       self->Read(done);
-                     });
+    Write(std::move(done), /*waited=*/true);
   }
 
  private:
-  void Read(Done done) {
+  // `waited`: the connection was open before this request (it carried
+  // answers, or was connected ahead and sat in the pool).
+  void Write(Done done, bool waited) {
+    net::async_write(
+        stream_, net::buffer(request_),
+        [self = shared_from_this(), done = std::move(done), waited](
+            const beast::error_code& ec, std::size_t /*bytes*/) {
+          if (ec) {
+            self->FailOrResend(done, waited);
+            return;
+          }
+          self->Read(done, waited);
+        });
+  }
+
+  void Read(Done done, bool waited) {
     parser_.emplace();
     parser_->body_limit(kResponseBodyLimit);
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this(), done = std::move(done)](
-                         const beast::error_code& ec, std::size_t /*bytes*/) {
-                       if (ec) {
-                         self->Fail(done);
-                         return;
-                       }
-                       const auto& response = self->parser_->get();
-                       if (!response.keep_alive()) self->Reset();
-                       done(true, response.result_int());
-                     });
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this(), done = std::move(done), waited](
+            const beast::error_code& ec, std::size_t /*bytes*/) {
+          if (ec) {
+            if (self->parser_->got_some()) {
+              self->Fail(done);
+            } else {
+              self->FailOrResend(done, waited);
+            }
+            return;
+          }
+          const auto& response = self->parser_->get();
+          if (!response.keep_alive()) self->Reset();
+          done(true, response.result_int());
+        });
+  }
+
+  // A connection that was open before the request and fails before any
+  // byte of the answer was most likely closed by the server while it sat
+  // idle (its keep-alive timeout): a GET is sent again, once, on a new
+  // connection, as HTTP clients do (RFC 9112, section 9.3.1). Anything
+  // else is a failure.
+  void FailOrResend(const Done& done, bool waited) {
+    if (!waited || !may_resend_) {
+      Fail(done);
+      return;
+    }
+    Reset();
+    g_stale_connection_retries.fetch_add(1, std::memory_order_relaxed);
+    Send(done);  // connects first: a fresh connection is never resent
   }
 
   void Fail(const Done& done) {
@@ -323,6 +359,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const std::string& request_;
   beast::flat_buffer buffer_;
   std::optional<http::response_parser<http::string_body>> parser_;
+  const bool may_resend_;  // idempotent (GET)
   bool connected_ = false;
 };
 

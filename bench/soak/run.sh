@@ -148,6 +148,10 @@ printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "$(printf -- '-%.0s' {1..26
 row() { printf '| %-52s | %-24s | %-6s |\n' "$@"; }
 row "GETs sent at ${rate}/s for ${minutes} min" "$(num "${load}" requests)" ""
 row "failed GETs (incl. unanswered)" "${failed}" "$(verdict "${failed} == 0")"
+# A pooled connection the server closed after its 60 s keep-alive timeout:
+# the generator sends the GET again on a new one, as HTTP clients do.
+row "GETs resent (server closed an idle connection)" \
+  "$(num "${load}" stale_connection_retries)" ""
 row "p50 / p99 / p99.9 latency (us)" \
   "$(num "${load}" p50_us) / $(num "${load}" p99_us) / $(num "${load}" p999_us)" ""
 row "worker restarts (SIGTERM + start)" "${restarts}" ""
