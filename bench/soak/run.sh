@@ -109,14 +109,25 @@ samples="${work}/samples.txt"  # elapsed_s rss_kib fds
 start=${SECONDS}
 next_restart=${restart_every}
 restarts=0
+unclean_exits=0
+# stop_worker SLOT: SIGTERM, then the exit status: anything but 0 (a
+# sanitizer report aborts with 134) is counted and its log kept.
+stop_worker() {
+  local status=0
+  kill -TERM "${worker_pid[$1]}"
+  wait "${worker_pid[$1]}" 2>/dev/null || status=$?
+  if [ "${status}" != 0 ]; then
+    unclean_exits=$((unclean_exits + 1))
+    cp "${work}/worker$1.out" "${work}/worker$1-exit${status}-${SECONDS}.out"
+  fi
+}
 slot=0
 while kill -0 "${load_pid}" 2>/dev/null; do
   elapsed=$((SECONDS - start))
   if [ "${elapsed}" -ge "${next_restart}" ] && [ "${elapsed}" -lt $((seconds - 5)) ]; then
     echo "${elapsed} $(rss_kib "${server_pid}") $(ls "/proc/${server_pid}/fd" | wc -l)" \
       >>"${samples}"
-    kill -TERM "${worker_pid[${slot}]}"
-    wait "${worker_pid[${slot}]}" 2>/dev/null || true
+    stop_worker "${slot}"
     start_worker "${slot}"
     restarts=$((restarts + 1))
     slot=$((1 - slot))
@@ -126,6 +137,12 @@ while kill -0 "${load_pid}" 2>/dev/null; do
 done
 wait "${load_pid}" || true
 load="$(cat "${work}/load.json")"
+# The end: the server first, then the workers, which are reconnecting to a
+# server that is gone when they get SIGTERM.
+kill -TERM "${server_pid}"
+wait "${server_pid}" 2>/dev/null || true
+stop_worker 0
+stop_worker 1
 
 warm=$((warmup_minutes * 60))
 read -r rss_min rss_max fd_min fd_max n < <(awk -v warm="${warm}" '
@@ -155,6 +172,8 @@ row "GETs resent (server closed an idle connection)" \
 row "p50 / p99 / p99.9 latency (us)" \
   "$(num "${load}" p50_us) / $(num "${load}" p99_us) / $(num "${load}" p999_us)" ""
 row "worker restarts (SIGTERM + start)" "${restarts}" ""
+row "worker exits not clean (status != 0)" "${unclean_exits}" \
+  "$(verdict "${unclean_exits} == 0")"
 row "server RSS after ${warmup_minutes} min: min..max KiB" \
   "${rss_min}..${rss_max} (+${rss_drift}%)" "$(verdict "${rss_drift} <= 2")"
 row "server open fds after ${warmup_minutes} min: min..max" \
