@@ -13,6 +13,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <ctime>
 #include <exception>
 #include <iterator>
@@ -397,6 +398,14 @@ LogLevel GetLogLevel() {
 }
 
 void FlushLogs() { GetBackend().Flush(); }
+
+void WriteStdoutLine(absl::string_view line) {
+  const std::string whole = absl::StrCat(line, "\n");
+  // One fwrite holds stdout's lock for the whole line, as spdlog's stdout
+  // sink does for each log line.
+  std::fwrite(whole.data(), 1, whole.size(), stdout);
+  std::fflush(stdout);
+}
 
 void AddLogSink(LogSink& sink) { GetBackend().AddSink(sink); }
 

@@ -81,6 +81,11 @@ LogLevel GetLogLevel();
 // Writes out anything buffered (shutdown, STYLE 5.18).
 void FlushLogs();
 
+// Writes `line` and a newline to stdout in one locked write, then flushes:
+// for the "listening" line that tests and scripts parse, which log lines
+// from other threads must never split.
+void WriteStdoutLine(absl::string_view line);
+
 namespace internal {
 // The minimum level, read on every BROKER_LOG. Constant-initialised, so it
 // is usable before main() and from any thread.

@@ -7,6 +7,7 @@
 #include "common/signals.h"
 #include "services/dispatcher/dispatcher_server.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
 #include <iostream>
@@ -87,8 +88,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) return fail(server.status());
   auto bound = (*server)->Start();
   if (!bound.ok()) return fail(bound.status());
-  std::cout << "{\"msg\":\"broker-dispatcher listening\",\"port\":" << *bound
-            << ",\"store\":\"" << (*server)->store_kind() << "\"}" << std::endl;
+  broker::common::WriteStdoutLine(
+      absl::StrCat("{\"msg\":\"broker-dispatcher listening\",\"port\":", *bound,
+                   ",\"store\":\"", (*server)->store_kind(), "\"}"));
   broker::common::WaitForTerminationSignal();
   (*server)->Shutdown(absl::Now() + absl::Seconds(10));
   broker::common::FlushLogs();

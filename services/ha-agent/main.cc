@@ -185,8 +185,9 @@ int main(int argc, char** argv) {
   if (!agent.ok()) return fail(agent.status());
   auto bound = (*agent)->Start();
   if (!bound.ok()) return fail(bound.status());
-  std::cout << "{\"msg\":\"broker-ha-agent listening\",\"port\":" << *bound
-            << ",\"http_port\":" << (*agent)->http_port() << "}" << std::endl;
+  broker::common::WriteStdoutLine(
+      absl::StrCat("{\"msg\":\"broker-ha-agent listening\",\"port\":", *bound,
+                   ",\"http_port\":", (*agent)->http_port(), "}"));
   broker::common::WaitForTerminationSignal();
   (*agent)->Shutdown(absl::Now() + absl::Seconds(5));
   broker::common::FlushLogs();

@@ -165,8 +165,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) return fail(server.status());
   auto ports = (*server)->Start();
   if (!ports.ok()) return fail(ports.status());
-  std::cout << "{\"msg\":\"broker-server listening\",\"port\":" << ports->http
-            << ",\"tunnel_port\":" << ports->tunnel << "}" << std::endl;
+  broker::common::WriteStdoutLine(absl::StrCat(
+      "{\"msg\":\"broker-server listening\",\"port\":", ports->http,
+      ",\"tunnel_port\":", ports->tunnel, "}"));
   broker::common::WaitForTerminationSignal();
   (*server)->Shutdown(absl::Now() + absl::Seconds(30));
   return 0;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 
 #include <csignal>
@@ -166,8 +167,9 @@ int main(int argc, char** argv) {
   if (!tunnel.ok()) return fail(tunnel.status());
   auto bound = (*tunnel)->Start();
   if (!bound.ok()) return fail(bound.status());
-  std::cout << "{\"msg\":\"broker-tunnel listening\",\"port\":" << bound->http
-            << ",\"egress_port\":" << bound->egress << "}" << std::endl;
+  broker::common::WriteStdoutLine(absl::StrCat(
+      "{\"msg\":\"broker-tunnel listening\",\"port\":", bound->http,
+      ",\"egress_port\":", bound->egress, "}"));
   broker::common::WaitForTerminationSignal();
   (*tunnel)->Shutdown(absl::Now() + absl::Seconds(30));
   return 0;

@@ -8,6 +8,7 @@
 #include "services/webhook/webhook_config.h"
 #include "services/webhook/webhook_server.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
@@ -39,8 +40,8 @@ int main(int argc, char** argv) {
   if (!server.ok()) return fail(server.status());
   auto port = (*server)->Start();
   if (!port.ok()) return fail(port.status());
-  std::cout << "{\"msg\":\"broker-webhook listening\",\"port\":" << *port << "}"
-            << std::endl;
+  broker::common::WriteStdoutLine(absl::StrCat(
+      "{\"msg\":\"broker-webhook listening\",\"port\":", *port, "}"));
   broker::common::WaitForTerminationSignal();
   (*server)->Shutdown(absl::Now() + absl::Seconds(10));
   broker::common::FlushLogs();
